@@ -1,0 +1,30 @@
+# Set-up and the two commands the README promises. Everything goes into .venv; torch is installed
+# first at a version 2.13.0 satisfies, so pip never resolves an open `torch` to a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/lorun demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check lorun_peft tests examples benchmarks
+	$(VENV)/bin/ruff format --check lorun_peft tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,212 @@
+"""Common base for the denoisers (PMMs) that the unfolding stages share.
+
+Every family (U-Net, Transformer, ResUNet) is a transformers ``PreTrainedConfig`` plus a
+``PreTrainedModel`` registered with ``AutoConfig``/``AutoModel``, so a backbone round-trips through
+``save_pretrained``/``from_pretrained`` as ``config.json`` + ``model.safetensors``. This module holds
+what the families share: the config fields the unfolding loop relies on (``in_channels``,
+``out_channels``, ``residual``, ``noise_level_map``), the input checks, the optional noise-level
+channel, padding to the multiple the depth needs, the global residual, PyTorch's default
+initialisation (instead of transformers' N(0, 0.02)), a strict ``from_pretrained`` that raises on
+missing/unexpected keys, atomic saving, and the helpers ``denoiser_from_config`` and
+``count_parameters``. ``forward`` returns a plain tensor, not a ``ModelOutput``: it is called K times
+per unfolding pass and nothing but the image is ever needed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+
+
+@strict
+class DenoiserConfig(PreTrainedConfig):
+    """Fields every denoiser family shares.
+
+    in_channels / out_channels: image channels (1 gray, 3 RGB, 28 CASSI bands).
+    residual: learn the residual, ``output = input + net(input)`` (needs in_channels == out_channels).
+    noise_level_map: take ``sigma`` in ``forward`` as one extra constant input channel.
+    """
+
+    in_channels: int = 1
+    out_channels: int = 1
+    residual: bool = True
+    noise_level_map: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        for name in ("in_channels", "out_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.residual and self.in_channels != self.out_channels:
+            raise ValueError(
+                f"residual=True needs in_channels == out_channels, got {self.in_channels} and "
+                f"{self.out_channels}; set residual=False for a channel-changing denoiser"
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def net_in_channels(self) -> int:
+        """Channels the first layer sees: the image plus the noise-level map if enabled."""
+        return self.in_channels + int(self.noise_level_map)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad ``(B, C, H, W)`` at the bottom/right so H and W are multiples of ``multiple``.
+
+    Reflect padding where the image is large enough for it (pad < side), replicate otherwise.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+class DenoiserPreTrainedModel(PreTrainedModel):
+    """Base class of all denoisers: ``forward(pixel_values, sigma=None) -> (B, out_channels, H, W)``.
+
+    Subclasses build their layers in ``__init__`` (then call ``self.post_init()``), implement
+    :meth:`body` on the padded input and set :attr:`size_multiple`.
+    """
+
+    config_class = DenoiserConfig
+    base_model_prefix = "denoiser"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W are padded to a multiple of this before :meth:`body` (2**number of downsamplings)."""
+        return 1
+
+    def body(self, x: Tensor) -> Tensor:
+        """The network on the padded input: (B, net_in_channels, H', W') -> (B, out_channels, H', W')."""
+        raise NotImplementedError
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Keep PyTorch's default initialisation (kaiming-uniform convs/linears, unit norms).
+
+        transformers' default would redraw every conv/linear from N(0, 0.02). ``reset_parameters`` runs
+        under transformers' init guard, so weights already loaded from a checkpoint are left alone.
+        """
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+    def forward(self, pixel_values: Tensor, sigma: float | Tensor | None = None) -> Tensor:
+        """Denoise ``pixel_values`` ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``.
+
+        ``sigma`` (float, 0-d or ``(B,)`` tensor) is the noise level; it is required when the config has
+        ``noise_level_map=True`` and rejected otherwise. Any H, W: the input is padded to
+        :attr:`size_multiple` and the output cropped back.
+        """
+        cfg = self.config
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects pixel_values of shape (B, {cfg.in_channels}, H, W), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        x = pixel_values
+        if cfg.noise_level_map:
+            x = torch.cat([x, self.noise_map(sigma, x)], dim=1)
+        elif sigma is not None:
+            raise ValueError(
+                f"{type(self).__name__} was built with noise_level_map=False and takes no sigma; "
+                "build it with noise_level_map=True to condition on the noise level"
+            )
+        h, w = x.shape[-2:]
+        out = self.body(pad_to_multiple(x, self.size_multiple))[..., :h, :w]
+        return pixel_values + out if cfg.residual else out
+
+    @staticmethod
+    def noise_map(sigma: float | Tensor | None, x: Tensor) -> Tensor:
+        """The constant noise-level channel ``(B, 1, H, W)`` for ``x`` ``(B, C, H, W)``."""
+        if sigma is None:
+            raise ValueError("this denoiser has noise_level_map=True: pass sigma (float, 0-d or (B,) tensor)")
+        batch = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(batch)
+        elif sigma.shape != (batch,):
+            raise ValueError(
+                f"sigma must be a float, a 0-d tensor or a ({batch},) tensor for a batch of {batch}, "
+                f"got shape {tuple(sigma.shape)}"
+            )
+        return sigma.view(batch, 1, 1, 1).expand(batch, 1, *x.shape[-2:])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """``PreTrainedModel.from_pretrained`` that raises instead of silently re-initialising weights.
+
+        transformers only warns about missing/unexpected keys (and re-initialises mismatched ones when
+        ``ignore_mismatched_sizes``); a denoiser with random layers would give silently wrong results, so
+        any missing, unexpected or mismatched key raises a ValueError listing them.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        # Let transformers report mismatched shapes by key (instead of its generic error); they raise below.
+        kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        problems = [
+            f"{kind.replace('_', ' ')}: {sorted(str(k) for k in info[kind])}"
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if info.get(kind)
+        ]
+        if problems:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path!s} does not match {cls.__name__} "
+                f"({model.config.model_type}): " + "; ".join(problems)
+            )
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained`` with atomic files.
+
+        Writes into a temporary folder inside ``save_directory``, then moves each file into place with
+        ``os.replace``, so a crash never leaves a half-written ``model.safetensors`` or ``config.json``.
+        """
+        if kwargs.get("push_to_hub"):
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        target = Path(save_directory)
+        if target.is_file():
+            raise ValueError(f"save_directory {target} is a file; expected a folder")
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target, prefix=".tmp-save-") as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            written = {p.name for p in Path(tmp).iterdir()}
+            for stale in target.glob("model*.safetensors*"):
+                if stale.name not in written:
+                    stale.unlink()
+            for name in written:
+                os.replace(Path(tmp) / name, target / name)
+
+
+def denoiser_from_config(config_dict: dict[str, Any]) -> DenoiserPreTrainedModel:
+    """Rebuild a fresh denoiser of any family from ``config.to_dict()`` (weights are not restored)."""
+    kwargs = dict(config_dict)
+    model_type = kwargs.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("config_dict has no 'model_type'; expected the output of config.to_dict()")
+    try:
+        config = AutoConfig.for_model(model_type, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"unknown denoiser model_type {model_type!r}: {err}") from err
+    model = AutoModel.from_config(config)
+    if not isinstance(model, DenoiserPreTrainedModel):
+        raise ValueError(f"model_type {model_type!r} is not a lorun_peft denoiser ({type(model).__name__})")
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (shared tensors counted once); only trainable ones if asked."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

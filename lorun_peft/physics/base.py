@@ -1,0 +1,129 @@
+"""The one interface every degradation operator implements.
+
+A deep unfolding network only ever talks to this interface: ``A``, ``A_adjoint``, the PGD
+gradient step (paper eq. 5), the HQS data step (eq. 9), the initial estimate and ``measure``.
+The loop therefore never branches on the task. Operators are ``nn.Module`` so that learnable
+parts (a learned CS matrix) and fixed parts (a CASSI mask, a blur kernel, as buffers) travel with
+the model's state dict, device and dtype.
+
+Every operator round-trips through ``get_config()`` / ``physics_from_config``: the config holds
+what is needed to rebuild the module's structure; tensors live in the state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+Scalar = float | Tensor
+
+
+def as_batch_scalar(value: Scalar, reference: Tensor) -> Tensor | float:
+    """Broadcast a step size (float, 0-d or (B,) tensor) against a (B, ...) tensor."""
+    if isinstance(value, Tensor) and value.ndim == 1:
+        return value.view(-1, *([1] * (reference.ndim - 1)))
+    return value
+
+
+def as_float_tensor(value: Any) -> Tensor:
+    """A detached copy of ``value`` as a tensor; floating dtypes are kept, others become the default dtype."""
+    tensor = torch.as_tensor(value).detach()
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    return tensor.clone()
+
+
+class LinearOperator(nn.Module):
+    """A linear degradation ``y = A x + n`` with the data steps of PGD and HQS.
+
+    Subclasses implement :meth:`A`, :meth:`A_adjoint`, :meth:`hqs_step`, :meth:`image_shape`,
+    :meth:`measurement_shape` and :meth:`get_config`; the rest follows from those.
+    """
+
+    #: Key of this operator in :data:`PHYSICS_REGISTRY` (and in saved configs).
+    physics_type: ClassVar[str] = ""
+
+    def A(self, x: Tensor) -> Tensor:
+        """Forward operator: image ``(B, C, H, W)`` to measurement."""
+        raise NotImplementedError
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        """Exact adjoint of :meth:`A`: measurement to image space."""
+        raise NotImplementedError
+
+    def residual(self, x: Tensor, y: Tensor) -> Tensor:
+        """``A x - y``, with a ``ValueError`` (not silent broadcasting) when the shapes disagree."""
+        ax = self.A(x)
+        if ax.shape != y.shape:
+            raise ValueError(
+                f"measurement has shape {tuple(y.shape)}, but A maps the image of shape {tuple(x.shape)} "
+                f"to {tuple(ax.shape)}; expected y of shape {tuple(ax.shape)}"
+            )
+        return ax - y
+
+    def gradient_step(self, x: Tensor, y: Tensor, rho: Scalar) -> Tensor:
+        """PGD data step (eq. 5): ``x - rho * A^T (A x - y)``."""
+        return x - as_batch_scalar(rho, x) * self.A_adjoint(self.residual(x, y))
+
+    def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
+        """HQS data step (eq. 9): ``argmin_x ||y - A x||^2 + mu ||x - z||^2``."""
+        raise NotImplementedError
+
+    def init(self, y: Tensor) -> Tensor:
+        """The field's initial estimate from a measurement (default ``A^T y``)."""
+        return self.A_adjoint(y)
+
+    def measure(
+        self, x: Tensor, noise_sigma: float = 0.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Simulate ``y = A x + n`` with white Gaussian noise of standard deviation ``noise_sigma``."""
+        if noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+        y = self.A(x)
+        if noise_sigma > 0:
+            noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+            y = y + noise_sigma * noise
+        return y
+
+    def image_shape(self, measurement_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the image that a measurement of ``measurement_shape`` came from."""
+        raise NotImplementedError
+
+    def measurement_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the measurement of an image of ``image_shape``."""
+        raise NotImplementedError
+
+    def check_measurement(self, y: Tensor) -> None:
+        """Raise ``ValueError`` naming the expected layout when ``y`` cannot be a measurement."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable structure of this operator (``{"type": ..., **kwargs}``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinearOperator:
+        """Build the operator's structure from ``get_config()`` minus ``"type"``; tensors load after."""
+        return cls(**config)
+
+
+PHYSICS_REGISTRY: dict[str, type[LinearOperator]] = {}
+
+
+def register_physics(cls: type[LinearOperator]) -> type[LinearOperator]:
+    """Class decorator: make an operator rebuildable from its config."""
+    if not cls.physics_type:
+        raise ValueError(f"{cls.__name__} must set physics_type")
+    PHYSICS_REGISTRY[cls.physics_type] = cls
+    return cls
+
+
+def physics_from_config(config: dict[str, Any]) -> LinearOperator:
+    """Rebuild an operator from :meth:`LinearOperator.get_config` output (tensors come from a state dict)."""
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind not in PHYSICS_REGISTRY:
+        raise ValueError(f"unknown physics type {kind!r}; expected one of {sorted(PHYSICS_REGISTRY)}")
+    return PHYSICS_REGISTRY[kind].from_config(config)

@@ -1,0 +1,662 @@
+"""LoRunModel: a K-stage deep unfolding network (PGD or HQS) with block, shared or LoRun stages.
+
+One forward pass is ``x_0 = physics.init(y)``, then for ``k = 1..K`` a data step (PGD eq. 5 or HQS
+eq. 9, through the physics interface) followed by the stage's denoiser (eq. 7 / eq. 11). The mode
+decides what "the stage's denoiser" is: ``block`` has K independent denoisers (Block-K), ``shared``
+runs one denoiser at every stage (Block-K-share, LoRun's phase 1), and ``lorun`` runs the frozen
+shared denoiser with stage ``k``'s LoRA adapter active (phase 2), through ``lorun_peft.tuners``.
+
+An adapter set is a swappable task mode: K stage adapters plus the set's own task parameters (a
+physics operator, e.g. a learned CS matrix of another ratio, and the step parameters). The phase-1
+physics and steps stay in the backbone; switching sets switches adapters and task parameters
+together. The backbone saves and loads with transformers' ``save_pretrained``/``from_pretrained``
+(always the clean phase-1 weights), adapter sets with ``save_adapter_set``/``load_adapter``; Hub
+references and pushes go through :mod:`lorun_peft.hub`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.utils import ModelOutput
+
+from lorun_peft import hub
+from lorun_peft.denoisers import DenoiserPreTrainedModel, denoiser_from_config
+from lorun_peft.physics import LinearOperator, physics_from_config
+from lorun_peft.tuners import (
+    ParameterReport,
+    StageLoRAConfig,
+    StageLoRALayer,
+    get_merge_mode,
+    load_adapter_set,
+    parameter_report,
+    set_merge_mode,
+    stage,
+    validate_set_name,
+)
+from lorun_peft.tuners import add_stage_adapters as _add_stage_adapters
+from lorun_peft.tuners import delete_adapter_set as _delete_adapter_set
+from lorun_peft.tuners import save_adapter_set as _save_adapter_set
+from lorun_peft.tuners import set_adapter_set as _set_adapter_set
+
+from .config import LoRunConfig
+from .steps import StageSteps, TaskParameters, inverse_softplus
+
+
+@dataclass
+class LoRunOutput(ModelOutput):
+    """Output of :meth:`LoRunModel.forward`.
+
+    loss: eq. 13 when ``labels`` were given: the batch mean of ``||x_hat_i - x_i||_2^2`` (sum over
+        the pixels of each image, mean over the batch).
+    images: the final estimate ``x_K`` ``(B, C, H, W)``.
+    stages: with ``return_stages=True``, the K stage estimates ``x_1 .. x_K`` (each ``(B, C, H, W)``,
+        the last one is ``images``), for stage-wise PSNR curves.
+    """
+
+    loss: Tensor | None = None
+    images: Tensor | None = None
+    stages: tuple[Tensor, ...] | None = None
+
+
+def _resolve_adapter_dir(
+    path_or_hub_id: str | os.PathLike,
+    set_name: str | None,
+    revision: str | None = None,
+    default_source: str | os.PathLike | None = None,
+) -> Path:
+    """The local folder of one adapter set (the folder holding ``adapter_set.json``).
+
+    The one place that turns a user's reference into a folder (via ``lorun_peft.hub.resolve_adapter_dir``):
+    a local folder holding ``<set_name>/``, a set folder itself, a Hub repo id (downloaded, or taken
+    from the cache when offline), or a bare set name looked up in ``default_source`` (where the
+    backbone came from). Unknown references raise ``FileNotFoundError`` naming what is available.
+    """
+    return hub.resolve_adapter_dir(path_or_hub_id, set_name, default_source=default_source, revision=revision)
+
+
+#: ``save_pretrained(push_to_hub=True, ...)`` arguments that go to :meth:`LoRunModel.push_to_hub`.
+_PUSH_KWARGS = (
+    "repo_id",
+    "token",
+    "private",
+    "commit_message",
+    "commit_description",
+    "revision",
+    "create_pr",
+)
+
+
+def _build_physics(config: dict[str, Any]) -> LinearOperator:
+    """``physics_from_config``, on the CPU when transformers builds the model on the meta device.
+
+    Operators check their placeholder tensors (e.g. a kernel's sum) at construction, which the meta
+    device cannot do; physics tensors are tiny and are replaced by the checkpoint's right after.
+    """
+    if torch.get_default_device().type == "meta":
+        with torch.device("cpu"):
+            return physics_from_config(config)
+    return physics_from_config(config)
+
+
+def _crop(x: Tensor, image_size: tuple[int, ...] | None) -> Tensor:
+    """``x[..., :H, :W]`` for ``image_size=(H, W)`` (no-op for None)."""
+    if image_size is None:
+        return x
+    height, width = (int(s) for s in image_size)
+    if height > x.shape[-2] or width > x.shape[-1]:
+        raise ValueError(f"image_size {(height, width)} is larger than the estimate {tuple(x.shape[-2:])}")
+    return x[..., :height, :width]
+
+
+def _first_bad_index(bad: Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in bad.nonzero()[0])
+
+
+class LoRunModel(PreTrainedModel):
+    """A K-stage unfolding network; see the module docstring and docs/unfolding.md.
+
+    Submodules: ``denoisers`` (K denoisers in ``block`` mode, one otherwise), ``task`` (the phase-1
+    physics and step parameters) and ``adapter_tasks`` (each adapter set's own task parameters, never
+    part of the saved backbone).
+    """
+
+    config_class = LoRunConfig
+    base_model_prefix = "lorun"
+    main_input_name = "measurement"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: LoRunConfig) -> None:
+        super().__init__(config)
+        if config.physics is None or config.denoiser is None:
+            raise ValueError(
+                "LoRunConfig needs physics (a LinearOperator.get_config() dict) and denoiser (a denoiser "
+                "config.to_dict()); or build the model with LoRunModel.from_components(physics, denoiser)"
+            )
+        count = config.num_stages if config.mode == "block" else 1
+        self.denoisers = nn.ModuleList([denoiser_from_config(config.denoiser) for _ in range(count)])
+        steps = StageSteps(config.num_stages, config.algorithm, config.step_init)
+        self.task = TaskParameters(_build_physics(config.physics), steps)
+        self.adapter_tasks = nn.ModuleDict()
+        self._active_set: str | None = None
+        self._adapters_disabled = False
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Steps start at ``step_init``; denoisers and physics keep their own initialisation.
+
+        Uses transformers' guarded init so that values loaded by ``from_pretrained`` are kept.
+        """
+        if isinstance(module, StageSteps):
+            raw = inverse_softplus(module.init)
+            for param in module.parameters(recurse=False):
+                hf_init.constant_(param, raw)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_components(
+        cls,
+        physics: LinearOperator,
+        denoiser: DenoiserPreTrainedModel,
+        num_stages: int,
+        algorithm: str = "pgd",
+        mode: str = "shared",
+        step_init: float = 0.5,
+    ) -> LoRunModel:
+        """Build a model around a physics operator and a denoiser, copying their weights.
+
+        In ``block`` mode every stage starts as a copy of ``denoiser``. The model lands on the device and
+        dtype of ``denoiser``.
+        """
+        if not isinstance(denoiser, DenoiserPreTrainedModel):
+            raise TypeError(f"denoiser must be a lorun_peft denoiser, got {type(denoiser).__name__}")
+        if not isinstance(physics, LinearOperator):
+            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        config = LoRunConfig(
+            physics=physics.get_config(),
+            denoiser={k: v for k, v in denoiser.config.to_diff_dict().items() if k != "transformers_version"},
+            num_stages=num_stages,
+            algorithm=algorithm,
+            mode=mode,
+            step_init=step_init,
+        )
+        model = cls(config)
+        model.task.physics.load_state_dict(physics.state_dict())
+        for stage_denoiser in model.denoisers:
+            stage_denoiser.load_state_dict(denoiser.state_dict())
+        reference = next(denoiser.parameters())
+        return model.to(device=reference.device, dtype=reference.dtype)
+
+    @classmethod
+    def block_from_shared(cls, shared_model: LoRunModel) -> LoRunModel:
+        """Block-K whose K denoisers start as copies of ``shared_model``'s phase-1 denoiser.
+
+        Physics and step parameters are copied from the phase-1 backbone (adapter sets are ignored), so
+        the new model reproduces ``shared_model``'s phase-1 output until it is trained.
+        """
+        if shared_model.config.mode != "shared":
+            raise ValueError(
+                f"block_from_shared needs a shared (or lorun) model, got mode {shared_model.mode!r}"
+            )
+        config = copy.deepcopy(shared_model.config)
+        config.mode = "block"
+        state = {}
+        for key, value in shared_model.backbone_state_dict().items():
+            if key.startswith("denoisers.0."):
+                rest = key[len("denoisers.0.") :]
+                state.update({f"denoisers.{k}.{rest}": value for k in range(config.num_stages)})
+            else:
+                state[key] = value
+        model = cls(config)
+        model.load_state_dict(state, strict=True)
+        return model.to(device=shared_model.device, dtype=shared_model.dtype)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def mode(self) -> str:
+        """``"block"``, ``"shared"``, or ``"lorun"`` (a shared backbone with at least one adapter set)."""
+        return "lorun" if len(self.adapter_tasks) else self.config.mode
+
+    @property
+    def num_stages(self) -> int:
+        return self.config.num_stages
+
+    @property
+    def active_adapter_set(self) -> str | None:
+        """Name of the adapter set that runs (``None`` outside lorun mode)."""
+        return self._active_set
+
+    @property
+    def active_task(self) -> TaskParameters:
+        """Task parameters in use: the active adapter set's, or the phase-1 ones."""
+        if self._active_set is None or self._adapters_disabled:
+            return self.task
+        return self.adapter_tasks[self._active_set]
+
+    @property
+    def physics(self) -> LinearOperator:
+        """The physics operator in use (the active set's, or the phase-1 one)."""
+        return self.active_task.physics
+
+    @property
+    def steps(self) -> StageSteps:
+        """The step parameters in use (the active set's, or the phase-1 ones)."""
+        return self.active_task.steps
+
+    @property
+    def shared_denoiser(self) -> DenoiserPreTrainedModel:
+        """The one denoiser of a shared/lorun model (the one that carries the stage adapters)."""
+        if self.config.mode == "block":
+            raise ValueError("a block model has K denoisers; use model.denoisers[k]")
+        return self.denoisers[0]
+
+    # ------------------------------------------------------------------ forward
+    def _denoise(self, k: int, z: Tensor, sigma: Tensor | None) -> Tensor:
+        if self.config.mode == "block":
+            return self.denoisers[k](z, sigma=sigma)
+        denoiser = self.denoisers[0]
+        if self._active_set is None or self._adapters_disabled:
+            return denoiser(z, sigma=sigma)
+        with stage(denoiser, k):
+            return denoiser(z, sigma=sigma)
+
+    def forward(
+        self,
+        measurement: Tensor,
+        labels: Tensor | None = None,
+        return_stages: bool = False,
+        image_size: tuple[int, int] | None = None,
+    ) -> LoRunOutput:
+        """Run the K stages on a batched measurement (layout: the physics' ``check_measurement``).
+
+        Args:
+            measurement: ``y``, batched, e.g. ``(B, C*n, h, w)`` for block CS, ``(B, H, W')`` for CASSI.
+            labels: ground truth ``(B, C, H, W)``; adds ``loss`` (eq. 13) to the output.
+            return_stages: also return the K stage estimates.
+            image_size: ``(H, W)`` to crop the estimates to when the physics works on a padded grid
+                (block CS with sides that are not multiples of the block); defaults to the labels' size.
+        """
+        task = self.active_task
+        sigmas = task.steps.sigma() if self.denoisers[0].config.noise_level_map else None
+        if image_size is None and labels is not None:
+            image_size = tuple(labels.shape[-2:])
+        x = task.physics.init(measurement)
+        stages = []
+        for k in range(self.config.num_stages):
+            z = task.data_step(k, x, measurement)
+            sigma = None if sigmas is None else sigmas[k].expand(z.shape[0])
+            x = self._denoise(k, z, sigma)
+            if return_stages:
+                stages.append(x)
+        images = _crop(x, image_size)
+        loss = None
+        if labels is not None:
+            if labels.shape != images.shape:
+                raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(images.shape)}")
+            loss = (images - labels).pow(2).flatten(1).sum(dim=1).mean()
+        return LoRunOutput(
+            loss=loss,
+            images=images,
+            stages=tuple(_crop(s, image_size) for s in stages) if return_stages else None,
+        )
+
+    # ------------------------------------------------------------------ restoration entry point
+    def _validated_measurement(self, measurement: Any) -> tuple[Tensor, bool]:
+        if not isinstance(measurement, Tensor):
+            raise TypeError(f"measurement must be a torch.Tensor, got {type(measurement).__name__}")
+        if not measurement.is_floating_point():
+            raise TypeError(
+                f"measurement must be a floating-point tensor (float32/float64), got {measurement.dtype}; "
+                "convert it with .float() (and scale integer images to [0, 1])"
+            )
+        physics = self.physics
+        try:
+            physics.check_measurement(measurement)
+            batched = True
+        except ValueError as batched_error:
+            try:
+                physics.check_measurement(measurement.unsqueeze(0))
+            except ValueError:
+                raise ValueError(
+                    f"measurement of shape {tuple(measurement.shape)} fits neither a batch nor a single "
+                    f"measurement: {batched_error}"
+                ) from batched_error
+            batched = False
+        for name, bad in (("NaN", torch.isnan(measurement)), ("Inf", torch.isinf(measurement))):
+            if bad.any():
+                raise ValueError(
+                    f"measurement contains {int(bad.sum())} {name} value(s), the first at index "
+                    f"{_first_bad_index(bad)} of shape {tuple(measurement.shape)}; expected finite values"
+                )
+        return (measurement if batched else measurement.unsqueeze(0)), batched
+
+    def restore(self, measurement: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+        """Restore images from measurements: the user entry point.
+
+        Accepts one measurement or a batch (layout: the active physics' ``check_measurement``), checks
+        shape, dtype and finiteness, runs in eval mode without gradients, in lorun mode with the K
+        per-stage weights materialised (the fastest merge mode), and puts back the previous train/eval
+        and merge modes afterwards. Returns ``(B, C, H, W)``, or ``(C, H, W)`` for a single measurement,
+        on the measurement's device and dtype.
+        """
+        y, batched = self._validated_measurement(measurement)
+        reference = next(self.parameters())
+        y = y.to(device=reference.device, dtype=reference.dtype)
+        was_training = self.training
+        lorun = self._active_set is not None and not self._adapters_disabled
+        previous_merge = get_merge_mode(self.denoisers[0]) if lorun else None
+        try:
+            self.eval()
+            if lorun:
+                set_merge_mode(self.denoisers[0], "materialized")
+            with torch.no_grad():
+                images = self(y, image_size=image_size).images
+        finally:
+            if lorun:
+                set_merge_mode(self.denoisers[0], previous_merge)
+            self.train(was_training)
+        images = images.to(device=measurement.device, dtype=measurement.dtype)
+        return images if batched else images[0]
+
+    # ------------------------------------------------------------------ adapter sets (phase 2)
+    def _check_set(self, name: str) -> None:
+        if name not in self.adapter_tasks:
+            raise ValueError(f"no adapter set {name!r}; adapter sets: {self.list_adapter_sets()}")
+
+    def _check_shared_backbone(self) -> None:
+        if self.config.mode != "shared":
+            raise ValueError(
+                f"adapter sets need a shared backbone (phase 1), this model is {self.config.mode!r}; "
+                "train or load a mode='shared' model first"
+            )
+
+    def _freeze_backbone(self) -> None:
+        """Lorun mode: the denoiser's base weights and the phase-1 physics/steps do not train."""
+        adapters = {
+            id(p)
+            for layer in self.modules()
+            if isinstance(layer, StageLoRALayer)
+            for p in [*layer.lora_A.parameters(), *layer.lora_B.parameters()]
+        }
+        for param in self.denoisers.parameters():
+            if id(param) not in adapters:
+                param.requires_grad_(False)
+        self.task.requires_grad_(False)
+
+    def _register_task(self, name: str, task: TaskParameters, trainable: bool) -> None:
+        reference = self.task.steps.raw_lambda
+        task = task.to(device=reference.device, dtype=reference.dtype)
+        task.requires_grad_(trainable)
+        self.adapter_tasks[name] = task
+
+    def add_stage_adapters(
+        self, set_name: str, config: StageLoRAConfig, physics: LinearOperator | None = None
+    ) -> list[str]:
+        """Phase 2: add a trainable adapter set (K stage adapters + its task parameters) and activate it.
+
+        Freezes the backbone (denoiser and phase-1 physics/steps). The set's task parameters start as a
+        copy of the phase-1 physics and steps, or use ``physics`` (e.g. a CS operator of another ratio)
+        with a copy of the phase-1 steps; they and the K adapters are trainable. Returns the adapter names.
+        """
+        self._check_shared_backbone()
+        validate_set_name(set_name)
+        if set_name in self.adapter_tasks:
+            raise ValueError(
+                f"adapter set {set_name!r} already exists; delete_adapter_set({set_name!r}) first"
+            )
+        if not isinstance(config, StageLoRAConfig):
+            raise TypeError(f"config must be a StageLoRAConfig, got {type(config).__name__}")
+        if config.num_stages != self.config.num_stages:
+            raise ValueError(
+                f"StageLoRAConfig has num_stages={config.num_stages}, this model has "
+                f"K={self.config.num_stages}"
+            )
+        if physics is not None and not isinstance(physics, LinearOperator):
+            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        task = TaskParameters(
+            copy.deepcopy(self.task.physics) if physics is None else physics, copy.deepcopy(self.task.steps)
+        )
+        names = _add_stage_adapters(self.denoisers[0], set_name, config, trainable=True)
+        self._freeze_backbone()
+        self._register_task(set_name, task, trainable=True)
+        self.set_adapter_set(set_name)
+        return names
+
+    def set_adapter_set(self, name: str) -> None:
+        """Make adapter set ``name`` (its stage adapters and task parameters) the one that runs."""
+        self._check_set(name)
+        _set_adapter_set(self.denoisers[0], name)
+        self._active_set = name
+
+    def list_adapter_sets(
+        self, source: str | os.PathLike | None = None, revision: str | None = None
+    ) -> list[str]:
+        """Names of the resident adapter sets, in the order they were added.
+
+        With ``source`` (a local folder or a Hub repo id): the sets available there, sorted.
+        """
+        if source is not None:
+            return hub.list_adapter_sets(source, revision=revision)
+        return list(self.adapter_tasks.keys())
+
+    def delete_adapter_set(self, name: str) -> None:
+        """Remove adapter set ``name`` (adapters and task parameters).
+
+        If it was active, the first remaining set becomes active. With no set left the model is a shared
+        backbone again (still frozen: call ``model.requires_grad_(True)`` to train phase 1 further).
+        """
+        self._check_set(name)
+        _delete_adapter_set(self.denoisers[0], name)
+        del self.adapter_tasks[name]
+        if self._active_set == name:
+            remaining = self.list_adapter_sets()
+            self._active_set = None
+            if remaining:
+                self.set_adapter_set(remaining[0])
+
+    def _set_metadata(self, name: str) -> dict[str, Any]:
+        return {
+            "physics": self.adapter_tasks[name].physics.get_config(),
+            "algorithm": self.config.algorithm,
+            "num_stages": self.config.num_stages,
+            "step_init": self.config.step_init,
+            "step_parametrization": "softplus",
+        }
+
+    def save_adapter_set(self, directory: str | os.PathLike, name: str | None = None) -> Path:
+        """Save adapter set ``name`` (default: the active one) to ``directory/<name>/``, atomically.
+
+        Writes the K stage adapters, ``task.safetensors`` (the set's physics tensors and raw step
+        parameters) and, in ``adapter_set.json``, the set's physics config, algorithm and K. Returns the
+        set's folder.
+        """
+        name = self._active_set if name is None else name
+        if name is None:
+            raise ValueError("no adapter set to save: this model has none (add_stage_adapters first)")
+        self._check_set(name)
+        task_state = {key: value.detach() for key, value in self.adapter_tasks[name].state_dict().items()}
+        return _save_adapter_set(
+            self.denoisers[0], directory, name, task_state=task_state, metadata=self._set_metadata(name)
+        )
+
+    def load_adapter(
+        self,
+        path_or_hub_id: str | os.PathLike,
+        set_name: str | None = None,
+        revision: str | None = None,
+        trainable: bool = False,
+    ) -> str:
+        """Load an adapter set saved by :meth:`save_adapter_set` onto this backbone and activate it.
+
+        ``path_or_hub_id``: a folder or Hub repo holding ``<set_name>/``, the set folder itself, or (with
+        ``set_name=None``) a set name stored beside the backbone this model was loaded from. All or nothing:
+        a set saved for another backbone (fingerprint), K or algorithm, or whose task tensors do not fit
+        its physics, raises ``ValueError`` and leaves the model as it was. The set's adapters and task
+        parameters are frozen unless ``trainable``. Returns the set's name.
+        """
+        self._check_shared_backbone()
+        directory = _resolve_adapter_dir(
+            path_or_hub_id, set_name, revision, default_source=self.name_or_path or None
+        )
+        loaded = load_adapter_set(
+            self.denoisers[0],
+            directory,
+            num_stages=self.config.num_stages,
+            trainable=trainable,
+            activate=False,
+        )
+        try:
+            if set_name is not None and loaded.name != set_name:
+                raise ValueError(f"{directory} holds adapter set {loaded.name!r}, expected {set_name!r}")
+            task = self._task_from_saved(loaded.name, loaded.task_state, loaded.metadata)
+        except Exception:
+            _delete_adapter_set(self.denoisers[0], loaded.name)
+            raise
+        self._freeze_backbone()
+        self._register_task(loaded.name, task, trainable=trainable)
+        self.set_adapter_set(loaded.name)
+        return loaded.name
+
+    def _task_from_saved(
+        self, name: str, state: dict[str, Tensor], metadata: dict[str, Any]
+    ) -> TaskParameters:
+        for key in ("algorithm", "num_stages"):
+            if metadata.get(key) != getattr(self.config, key):
+                raise ValueError(
+                    f"adapter set {name!r} was trained for {key}={metadata.get(key)!r}, this model has "
+                    f"{key}={getattr(self.config, key)!r}"
+                )
+        if not isinstance(metadata.get("physics"), dict):
+            raise ValueError(
+                f"adapter set {name!r} has no physics config in its metadata; it is not a LoRun set"
+            )
+        steps = StageSteps(self.config.num_stages, self.config.algorithm, metadata.get("step_init", 0.5))
+        task = TaskParameters(_build_physics(metadata["physics"]), steps)
+        expected = {key: tuple(value.shape) for key, value in task.state_dict().items()}
+        found = {key: tuple(value.shape) for key, value in state.items()}
+        if expected != found:
+            raise ValueError(
+                f"task.safetensors of adapter set {name!r} does not fit its physics "
+                f"{metadata['physics']}: expected {expected}, found {found}"
+            )
+        task.load_state_dict(state, strict=True)
+        return task
+
+    @contextlib.contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Context: run the phase-1 backbone alone (Block-K-share: no adapters, phase-1 physics/steps).
+
+        Outside ``stage()`` no adapter is active, so the denoiser computes its base weights; a stage
+        adapter merged into them (``lorun_peft.tuners.merge``) would change that, hence the check.
+        """
+        if any(layer.merged for layer in self.modules() if isinstance(layer, StageLoRALayer)):
+            raise ValueError(
+                "a stage adapter is merged into the base weights; call lorun_peft.tuners.unmerge first"
+            )
+        previous = self._adapters_disabled
+        self._adapters_disabled = True
+        try:
+            yield
+        finally:
+            self._adapters_disabled = previous
+
+    # ------------------------------------------------------------------ Hub
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Push the clean phase-1 backbone and its model card in one commit (``hub.push_backbone``)."""
+        return hub.push_backbone(self, repo_id, **kwargs)
+
+    def push_adapter_set(self, repo_id: str, set_name: str | None = None, **kwargs: Any) -> Any:
+        """Push adapter set ``set_name`` (default: the active one) to ``<repo_id>/<set_name>/``.
+
+        One commit with a regenerated model card (:func:`lorun_peft.hub.push_adapter_set`).
+        """
+        return hub.push_adapter_set(self, repo_id, set_name, **kwargs)
+
+    # ------------------------------------------------------------------ reports
+    def parameter_report(self) -> ParameterReport:
+        """Stored and trainable parameter counts by role (shared tensors counted once).
+
+        ``base``: the denoiser weights (all K denoisers in block mode); ``adapters`` / ``per_adapter``: the
+        resident stage adapters; ``task``: physics and step parameters, the phase-1 ones and every
+        adapter set's. ``.format()`` prints a table.
+        """
+        task = [*self.task.parameters(), *self.adapter_tasks.parameters()]
+        return parameter_report(self, task_parameters=task)
+
+    # ------------------------------------------------------------------ saving / loading the backbone
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The clean phase-1 state dict: base weights under their original names, no LoRA, no set tasks."""
+        layers = {name: module for name, module in self.named_modules() if isinstance(module, StageLoRALayer)}
+        state = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("adapter_tasks."):
+                continue
+            layer = next((name for name in layers if key.startswith(name + ".")), None)
+            if layer is None:
+                state[key] = value
+            elif key.startswith(layer + ".base_layer."):  # PEFT's wrapping renamed it; anything else is LoRA
+                state[layer + "." + key[len(layer + ".base_layer.") :]] = value
+        for name, module in layers.items():  # a merged layer's base weight is W0 + dW: save W0
+            if module.merged:
+                state[name + ".weight"] = module.original_weight.detach()
+        return state
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save the backbone (``config.json`` + ``model.safetensors``), atomically.
+
+        In lorun mode the saved backbone is the clean phase-1 model (mode ``"shared"``); adapter sets are
+        saved with :meth:`save_adapter_set`. Files are written into a temporary folder inside
+        ``save_directory`` and moved into place with ``os.replace``. ``push_to_hub=True`` (with
+        ``repo_id``, default the folder's name) then pushes the same backbone with :meth:`push_to_hub`.
+        """
+        push = kwargs.pop("push_to_hub", False)
+        push_kwargs = {key: kwargs.pop(key) for key in _PUSH_KWARGS if key in kwargs}
+        if self.mode == "lorun":
+            kwargs.setdefault("state_dict", self.backbone_state_dict())
+        target = Path(save_directory)
+        if target.is_file():
+            raise ValueError(f"save_directory {target} is a file; expected a folder")
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target, prefix=".tmp-save-") as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            written = {p.name for p in Path(tmp).iterdir()}
+            for stale in target.glob("model*.safetensors*"):
+                if stale.name not in written:
+                    stale.unlink()
+            for name in written:
+                os.replace(Path(tmp) / name, target / name)
+        if push:
+            self.push_to_hub(push_kwargs.pop("repo_id", None) or target.name, **push_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """``PreTrainedModel.from_pretrained`` that raises on missing, unexpected or mismatched keys.
+
+        Returns the model in eval mode (transformers' convention): call ``.train()`` before training.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        problems = [
+            f"{kind.replace('_', ' ')}: {sorted(str(k) for k in info[kind])}"
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if info.get(kind)
+        ]
+        if problems:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path!s} does not match LoRunModel: "
+                + "; ".join(problems)
+            )
+        return (model, info) if want_info else model

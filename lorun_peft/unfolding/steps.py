@@ -1,0 +1,117 @@
+"""Per-stage step parameters and the task parameters of one unfolding network.
+
+The two unfolded algorithms of the paper (Section III-C) differ only in their data step and in how
+the stage's noise level follows from its step parameters:
+
+- PGD (eq. 5-7): ``z_k = x_{k-1} - rho_k A^T (A x_{k-1} - y)``, ``x_k = D_k(z_k)``, noise level
+  ``sqrt(rho_k * lambda_k)``.
+- HQS (eq. 9-11): ``x_k = (A^T A + mu_k I)^-1 (A^T y + mu_k w_{k-1})``, ``w_k = D_k(x_k)``, noise level
+  ``sqrt(lambda_k / mu_k)``.
+
+:class:`StageSteps` holds ``rho_k``/``mu_k`` and ``lambda_k`` for the K stages, kept positive as the
+softplus of raw parameters initialised at ``softplus^-1(0.5)`` so every step starts at 0.5
+(Algorithm 1, line 3). :class:`TaskParameters` bundles a physics operator with its steps: the phase-1
+model owns one, and every adapter set (a swappable task mode) owns another.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lorun_peft.physics.base import LinearOperator
+
+ALGORITHMS = ("pgd", "hqs")
+
+
+def inverse_softplus(value: float) -> float:
+    """``softplus^-1(value) = log(exp(value) - 1)`` for ``value > 0``."""
+    if value <= 0:
+        raise ValueError(f"a step parameter must start positive, got {value}")
+    return value + math.log(-math.expm1(-value))
+
+
+class StageSteps(nn.Module):
+    """Learnable positive step parameters of K stages.
+
+    Stored as ``raw_rho`` (PGD) or ``raw_mu`` (HQS), and ``raw_lambda``, each of shape ``(K,)``; the
+    values used are ``softplus(raw)``. Softplus keeps them positive without clamping, so gradients
+    never vanish at a boundary.
+    """
+
+    def __init__(self, num_stages: int, algorithm: str, init: float = 0.5) -> None:
+        super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        self.algorithm = algorithm
+        self.num_stages = num_stages
+        self.init = init
+        self.step_name = "rho" if algorithm == "pgd" else "mu"
+        raw = inverse_softplus(init)
+        self.register_parameter(f"raw_{self.step_name}", nn.Parameter(torch.full((num_stages,), raw)))
+        self.raw_lambda = nn.Parameter(torch.full((num_stages,), raw))
+
+    def reset_parameters(self) -> None:
+        """Set every step back to ``init``."""
+        raw = inverse_softplus(self.init)
+        with torch.no_grad():
+            getattr(self, f"raw_{self.step_name}").fill_(raw)
+            self.raw_lambda.fill_(raw)
+
+    @property
+    def step(self) -> Tensor:
+        """``rho`` (PGD) or ``mu`` (HQS) of every stage, ``(K,)``."""
+        return F.softplus(getattr(self, f"raw_{self.step_name}"))
+
+    @property
+    def lam(self) -> Tensor:
+        """``lambda`` of every stage, ``(K,)``."""
+        return F.softplus(self.raw_lambda)
+
+    def sigma(self) -> Tensor:
+        """Noise level per stage, ``(K,)``: ``sqrt(rho*lambda)`` (PGD), ``sqrt(lambda/mu)`` (HQS)."""
+        if self.algorithm == "pgd":
+            return torch.sqrt(self.step * self.lam)
+        return torch.sqrt(self.lam / self.step)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Current values, for logs and reports: ``{"rho"|"mu": [...], "lambda": [...], "sigma": [...]}``."""
+        with torch.no_grad():
+            return {
+                self.step_name: self.step.tolist(),
+                "lambda": self.lam.tolist(),
+                "sigma": self.sigma().tolist(),
+            }
+
+    def extra_repr(self) -> str:
+        return f"algorithm={self.algorithm}, num_stages={self.num_stages}, init={self.init}"
+
+
+class TaskParameters(nn.Module):
+    """A physics operator and the step parameters of the K stages that use it.
+
+    The non-LoRA part of a task: a learned CS matrix lives in ``physics``, masks and kernels are its
+    buffers, ``rho``/``mu``/``lambda`` live in ``steps``.
+    """
+
+    def __init__(self, physics: LinearOperator, steps: StageSteps) -> None:
+        super().__init__()
+        if not isinstance(physics, LinearOperator):
+            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        self.physics = physics
+        self.steps = steps
+
+    def data_step(self, k: int, x: Tensor, y: Tensor) -> Tensor:
+        """Stage ``k``'s data step on the previous estimate ``x`` ``(B, C, H, W)``.
+
+        PGD: the gradient step of eq. 5 with ``rho_k``; HQS: the closed-form step of eq. 9 with ``mu_k``.
+        """
+        step = self.steps.step[k]
+        if self.steps.algorithm == "pgd":
+            return self.physics.gradient_step(x, y, step)
+        return self.physics.hqs_step(x, y, step)

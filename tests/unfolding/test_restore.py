@@ -1,0 +1,66 @@
+"""LoRunModel.restore: the checked, gradient-free user entry point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from unfolding_helpers import make_model
+
+
+@pytest.mark.parametrize("task", ["cs", "cassi", "sr2"])
+def test_restore_single_and_batched_match_forward(task):
+    model, images, measurement = make_model(task, "hqs" if task == "cassi" else "pgd")
+    model.train()
+    expected = model.eval()(measurement).images.detach()
+    model.train()
+    batch = model.restore(measurement)
+    assert batch.shape == images.shape and not batch.requires_grad
+    torch.testing.assert_close(batch, expected)
+    single = model.restore(measurement[1])
+    assert single.shape == images.shape[1:]
+    torch.testing.assert_close(single, expected[1])
+    assert model.training, "restore must put the previous train/eval mode back"
+    model.eval()
+    model.restore(measurement)
+    assert not model.training
+
+
+def test_restore_returns_the_measurement_dtype_and_crops_to_image_size():
+    model, _, measurement = make_model("cs")
+    out = model.restore(measurement.double())
+    assert out.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    assert model.restore(measurement, image_size=(12, 12)).shape == (2, 1, 12, 12)
+
+
+def test_restore_rejects_a_wrong_shape_with_the_expected_layout():
+    model, _, measurement = make_model("cs")
+    with pytest.raises(ValueError, match=r"expected \(B, 16, h, w\)"):
+        model.restore(measurement[:, :5])
+    with pytest.raises(ValueError, match="fits neither a batch nor a single"):
+        model.restore(measurement[None, None])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_restore_rejects_non_floating_dtypes(dtype):
+    model, _, measurement = make_model("cs")
+    with pytest.raises(TypeError, match="floating-point"):
+        model.restore(measurement.to(dtype))
+
+
+def test_restore_rejects_non_tensors():
+    model, _, measurement = make_model("cs")
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model.restore(measurement.numpy())
+
+
+@pytest.mark.parametrize(
+    "value, name", [(float("nan"), "NaN"), (float("inf"), "Inf"), (float("-inf"), "Inf")]
+)
+def test_restore_rejects_non_finite_values_and_says_where(value, name):
+    model, _, measurement = make_model("cs")
+    bad = measurement.clone()
+    bad[1, 3, 0, 1] = value
+    with pytest.raises(ValueError, match=rf"1 {name} value\(s\), the first at index \(1, 3, 0, 1\)"):
+        model.restore(bad)
+    with pytest.raises(ValueError, match=rf"{name}.*index \(3, 0, 1\)"):
+        model.restore(bad[1])
