@@ -67,6 +67,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-eval-images", type=int, default=None, help="use the first N Set11 images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-progress", action="store_true")
+    parser.add_argument(
+        "--reuse-existing",
+        action="store_true",
+        help="keep a variant's <output-dir>/<variant>.json from an earlier (e.g. parallel --only) run",
+    )
     parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     fraction = Fraction(args.phase1_fraction)
@@ -160,7 +165,9 @@ def _run_variant(args: argparse.Namespace) -> dict:
         model = _build(args, "shared")
         model.load_state_dict(load_file(str(out / "lorun_phase1" / "backbone" / "model.safetensors")))
         torch.manual_seed(args.seed)
-        model.add_stage_adapters("cs", StageLoRAConfig(num_stages=args.stages, gamma=args.gamma))
+        model.add_stage_adapters(
+            f"ratio-{round(args.ratio * 100)}", StageLoRAConfig(num_stages=args.stages, gamma=args.gamma)
+        )
         if not any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n):
             raise RuntimeError(
                 "add_stage_adapters left every LoRA weight frozen: LoRun phase 2 would not train"
@@ -186,6 +193,8 @@ def _run_variant(args: argparse.Namespace) -> dict:
     model = result.model
     if variant == "lorun_phase1":
         model.save_pretrained(out / "lorun_phase1" / "backbone")
+    if variant == "lorun":
+        model.save_adapter_set(out / "lorun" / "adapters")
     start = time.perf_counter()
     metrics = evaluate_psnr(
         model, test_images, noise_sigma=args.noise_sigma, protocol="cs", compute_ssim=True
@@ -270,8 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     passthrough = sys.argv[1:] if argv is None else list(argv)
     for variant in variants:
         print(f"== {variant}", flush=True)
-        command = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--only", variant]
-        subprocess.run(command, check=True)
+        if not (args.reuse_existing and (out / f"{variant}.json").is_file()):
+            command = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--only", variant]
+            subprocess.run(command, check=True)
         rows[variant] = json.loads((out / f"{variant}.json").read_text())
         row = rows[variant]
         psnr, ssim, step_time = row["set11_psnr"], row["set11_ssim"], row["step_time_s"]

@@ -6,11 +6,24 @@ Measures, side by side in one run with interleaved repetitions and medians:
   modes (in-forward, materialised, unmerged) and for Block-K; printed as ratios to Block-K (target:
   in-forward merge within 1.05x);
 * time of one training step (K-stage forward, backward, Adam step) for LoRun-K and Block-K;
-* peak memory of one training step, each variant in a fresh subprocess: the process's peak resident
-  set size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the step) minus its resident
-  size before the step. On CPU every tensor (activations, gradients, Adam state) lives in process
-  memory and large blocks are returned to the OS when freed, so this measures real tensor memory plus
-  allocator overhead (Linux only).
+* training memory, each variant in its own fresh process that does exactly the same imports, the same
+  warm-up (one step of both variants at a tiny size, freed again, so code loaded on first use is not
+  counted) and builds the same data first. Baseline: the process's resident set size (RSS) after
+  imports, warm-up and data, before the model is built (the peak-RSS counter ``VmHWM`` is reset there
+  through ``/proc/self/clear_refs``).
+  Reported per variant, over ``--mem-steps`` training steps:
+
+  - whole training footprint: peak RSS from the baseline through the N steps, minus the baseline. It
+    holds parameters, gradients, Adam moments, activations and allocator overhead: the figure behind the
+    paper's claim that LoRun trains with less memory than Block-K (frozen base: no gradients or Adam
+    state for it; Block-K: K of each);
+  - persistent training state: exact bytes of the parameter, gradient and Adam-moment tensors after
+    the N steps (counted from the tensors, not from RSS);
+  - activation peak of the last step: peak RSS during step N minus RSS just before it (activations and
+    transient buffers only; everything allocated earlier is excluded).
+
+  The children run with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so freed tensor
+  memory goes back to the OS and RSS follows live tensor memory (Linux only).
 
 ``--params-table`` prints the parameter table of docs/stage_lora.md instead (default U-Net and
 Transformer, gamma 10, both conv layouts). Uses lorun_peft.denoisers' U-Net when available, else a
@@ -21,7 +34,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import multiprocessing as mp
+import os
+import queue as queue_module
 import statistics
 import time
 
@@ -67,17 +83,22 @@ def build_denoiser(args: argparse.Namespace) -> nn.Module:
     return StandInUNet(args.channels, args.width).eval()
 
 
-def build_variants(args: argparse.Namespace) -> tuple[nn.Module, list[nn.Module]]:
-    """(LoRun model with K adapters, non-zero dW; Block-K list of plain copies)."""
-    clean = build_denoiser(args)
-    lorun = copy.deepcopy(clean)
+def _add_bench_adapters(model: nn.Module, args: argparse.Namespace) -> None:
+    """K stage adapters with a non-zero ``dW`` (``lora_B`` ~ N(0, 1e-3^2))."""
     add_stage_adapters(
-        lorun, "bench", StageLoRAConfig(num_stages=args.stages, gamma=args.gamma, conv_layout=args.layout)
+        model, "bench", StageLoRAConfig(num_stages=args.stages, gamma=args.gamma, conv_layout=args.layout)
     )
     with torch.no_grad():
-        for name, p in lorun.named_parameters():
+        for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=1e-3)
+
+
+def build_variants(args: argparse.Namespace) -> tuple[nn.Module, list[nn.Module]]:
+    """(LoRun model with K adapters, non-zero dW; Block-K list of plain copies of the same denoiser)."""
+    clean = build_denoiser(args)
+    lorun = copy.deepcopy(clean)
+    _add_bench_adapters(lorun, args)
     blocks = [copy.deepcopy(clean) for _ in range(args.stages)]
     for block in blocks:
         block.requires_grad_(True)
@@ -141,29 +162,47 @@ def _fixed_mode(lorun: nn.Module, mode: str, x: torch.Tensor, stages: int):
     return run
 
 
-def _train_step_fns(args: argparse.Namespace, lorun: nn.Module, blocks: list[nn.Module]):
-    x = torch.randn(args.batch, args.channels, args.size, args.size)
-    target = torch.randn_like(x)
+def _train_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same ``(input, target)`` for every variant and process."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, args.channels, args.size, args.size, generator=generator)
+    return x, torch.randn(x.shape, generator=generator)
+
+
+def _lorun_step_fn(lorun: nn.Module, x: torch.Tensor, target: torch.Tensor, stages: int):
     set_merge_mode(lorun, "in_forward")
     lorun.train()
-    for block in blocks:
-        block.train()
-    opt_lorun = torch.optim.Adam([p for p in lorun.parameters() if p.requires_grad], lr=1e-4)
-    opt_block = torch.optim.Adam([p for b in blocks for p in b.parameters()], lr=1e-4)
+    opt = torch.optim.Adam([p for p in lorun.parameters() if p.requires_grad], lr=1e-4)
 
     def lorun_step():
-        loss = (lorun_loop(lorun, x, args.stages) - target).pow(2).mean()
-        opt_lorun.zero_grad(set_to_none=True)
+        loss = (lorun_loop(lorun, x, stages) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt_lorun.step()
+        opt.step()
+
+    return lorun_step, opt
+
+
+def _block_step_fn(blocks: list[nn.Module], x: torch.Tensor, target: torch.Tensor):
+    for block in blocks:
+        block.train()
+    opt = torch.optim.Adam([p for b in blocks for p in b.parameters()], lr=1e-4)
 
     def block_step():
         loss = (block_loop(blocks, x) - target).pow(2).mean()
-        opt_block.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt_block.step()
+        opt.step()
 
-    return {"lorun": lorun_step, "block": block_step}
+    return block_step, opt
+
+
+def _train_step_fns(args: argparse.Namespace, lorun: nn.Module, blocks: list[nn.Module]):
+    x, target = _train_data(args)
+    return {
+        "lorun": _lorun_step_fn(lorun, x, target, args.stages)[0],
+        "block": _block_step_fn(blocks, x, target)[0],
+    }
 
 
 def _status_kb(field: str) -> int:
@@ -175,21 +214,109 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _memory_child(args: argparse.Namespace, variant: str, queue: mp.Queue) -> None:
-    torch.set_num_threads(args.threads)
-    lorun, blocks = build_variants(args)
-    step = _train_step_fns(args, lorun, blocks)[variant]
-    before = _status_kb("VmRSS")
-    try:  # reset the peak-RSS counter (Linux >= 4.0), so earlier peaks (imports, model building) don't count
+def _reset_peak() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); ``False`` where that is not possible."""
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        reset = True
+        return True
     except OSError:
-        reset, earlier_peak = False, _status_kb("VmHWM")
+        return False
+
+
+def _tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _persistent_state_bytes(model: nn.Module | list[nn.Module], opt: torch.optim.Optimizer) -> dict[str, int]:
+    """Exact bytes of parameters, gradients and optimizer state (shared tensors counted once)."""
+    modules = model if isinstance(model, list) else [model]
+    params = [p for m in modules for p in m.parameters()]
+    return {
+        "parameters": _tensor_bytes(params),
+        "gradients": _tensor_bytes(p.grad for p in params if p.grad is not None),
+        "optimizer": _tensor_bytes(v for state in opt.state.values() for v in state.values()),
+    }
+
+
+def _build_variant(args: argparse.Namespace, variant: str) -> nn.Module | list[nn.Module]:
+    """Only the model of ``variant`` (LoRun: base + K adapters; Block: K plain denoisers)."""
+    if variant == "lorun":
+        lorun = build_denoiser(args)
+        _add_bench_adapters(lorun, args)
+        return lorun
+    first = build_denoiser(args)
+    blocks = [first] + [copy.deepcopy(first) for _ in range(args.stages - 1)]
+    for block in blocks:
+        block.requires_grad_(True)
+    return blocks
+
+
+def _warm_up(args: argparse.Namespace) -> None:
+    """Run both variants once on a tiny input and free them, so that lazily loaded code (PEFT's
+    injection, kernels on first use) is in place before the baseline, the same in every child."""
+    small = argparse.Namespace(**{**vars(args), "size": 16, "batch": 1, "stages": 2})
+    x, target = _train_data(small)
+    lorun = _build_variant(small, "lorun")
+    _lorun_step_fn(lorun, x, target, small.stages)[0]()
+    blocks = _build_variant(small, "block")
+    _block_step_fn(blocks, x, target)[0]()
+    del lorun, blocks
+
+
+def _memory_child(args: argparse.Namespace, variant: str, queue: mp.Queue) -> None:
+    """Training memory of one variant in this fresh process (see the module docstring)."""
+    torch.set_num_threads(args.threads)
+    _warm_up(args)
+    x, target = _train_data(args)
+    gc.collect()
+    baseline = _status_kb("VmRSS")
+    reset = _reset_peak()
+    earlier_peak = None if reset else _status_kb("VmHWM")
+    model = _build_variant(args, variant)
+    if variant == "lorun":
+        step, opt = _lorun_step_fn(model, x, target, args.stages)
+    else:
+        step, opt = _block_step_fn(model, x, target)
+    for _ in range(args.mem_steps - 1):
+        step()
+    peak_before_last = _status_kb("VmHWM")
+    before_last = _status_kb("VmRSS")
+    reset_last = reset and _reset_peak()
     step()
-    peak = _status_kb("VmHWM")
-    valid = reset or peak > earlier_peak
-    queue.put((variant, (peak - before) * 1024 if valid else 0))
+    peak_last = _status_kb("VmHWM")
+    whole_peak = max(peak_before_last, peak_last)
+    result = {
+        "whole": (whole_peak - baseline) * 1024 if (reset or whole_peak > earlier_peak) else None,
+        "activation": (peak_last - before_last) * 1024 if reset_last else None,
+        "state": _persistent_state_bytes(model, opt),
+    }
+    queue.put((variant, result))
+
+
+def _result_of(proc: mp.Process, queue: mp.Queue) -> tuple[str, dict]:
+    """The child's result; ``RuntimeError`` (instead of a hang) when it died without one."""
+    while True:
+        try:
+            item = queue.get(timeout=1.0)
+            proc.join()
+            return item
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"memory-measuring process exited with code {proc.exitcode}") from None
+
+
+def _fmt_mib(value: int | None) -> str:
+    return "      n/a" if value is None else f"{value / 2**20:9.1f}"
+
+
+def _ratio(value: int | None, reference: int | None) -> str:
+    return f"{value / reference:.3f}" if value is not None and reference else "n/a"
 
 
 def training_benchmark(args: argparse.Namespace, lorun: nn.Module, blocks: list[nn.Module]) -> None:
@@ -199,19 +326,50 @@ def training_benchmark(args: argparse.Namespace, lorun: nn.Module, blocks: list[
         print(f"  {name:<22} {t * 1e3:9.2f} ms   ratio to Block-{args.stages}: {t / medians['block']:.3f}")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    peaks = {}
-    for variant in ("lorun", "block"):
-        proc = ctx.Process(target=_memory_child, args=(args, variant, queue))
-        proc.start()
-        name, peak = queue.get()
-        proc.join()
-        peaks[name] = peak
-    print("Peak memory of one training step (fresh process each; peak RSS during the step minus RSS before)")
-    for name, peak in peaks.items():
-        ratio = f"{peak / peaks['block']:.3f}" if peaks["block"] else "n/a"
-        print(f"  {name:<22} {peak / 2**20:9.1f} MiB   ratio to Block-{args.stages}: {ratio}")
-    if not all(peaks.values()):
-        print("  (0 = the step stayed below the process's earlier peak; use a larger --size or --batch)")
+    results = {}
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)  # read by the children's glibc
+    try:
+        for variant in ("lorun", "block"):
+            proc = ctx.Process(target=_memory_child, args=(args, variant, queue))
+            proc.start()
+            name, result = _result_of(proc, queue)
+            results[name] = result
+    finally:
+        if previous is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+    block = results["block"]
+    k = args.stages
+    print(
+        f"Training memory over {args.mem_steps} steps, each variant in a fresh process, from a common "
+        "baseline (RSS after imports, warm-up and data, before the model is built)"
+    )
+    print(
+        f"  {'':<22} {'whole (MiB)':>11} {'ratio':>6}   {'state (MiB)':>11} {'ratio':>6}   "
+        f"{'activ. (MiB)':>12} {'ratio':>6}"
+    )
+    for name, r in results.items():
+        state = sum(r["state"].values())
+        print(
+            f"  {name:<22} {_fmt_mib(r['whole']):>11} {_ratio(r['whole'], block['whole']):>6}   "
+            f"{_fmt_mib(state):>11} {_ratio(state, sum(block['state'].values())):>6}   "
+            f"{_fmt_mib(r['activation']):>12} {_ratio(r['activation'], block['activation']):>6}"
+        )
+    print(
+        f"  whole  = peak RSS from the baseline through step {args.mem_steps} minus the baseline: the "
+        "whole training footprint\n"
+        "           (parameters, gradients, Adam moments, activations, allocator overhead)\n"
+        "  state  = exact bytes of parameters + gradients + Adam moments after the last step "
+        "(from the tensors)\n"
+        f"  activ. = activation peak of step {args.mem_steps}: peak RSS during it minus RSS just before "
+        "it (excludes everything allocated earlier)\n"
+        f"  ratios are to Block-{k}"
+    )
+    for name, r in results.items():
+        parts = ", ".join(f"{key} {value / 2**20:.2f}" for key, value in r["state"].items())
+        print(f"  state of {name}: {parts} MiB")
 
 
 def params_table(stages: int, gamma: float) -> None:
@@ -258,8 +416,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--stand-in", action="store_true", help="use the local stand-in U-Net")
     parser.add_argument("--skip-training", action="store_true", help="only the forward benchmark")
+    parser.add_argument(
+        "--mem-steps", type=int, default=3, help="training steps in each memory-measuring process (>= 2)"
+    )
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=65536,
+        help="glibc MALLOC_MMAP_THRESHOLD_ (bytes) of the memory-measuring processes",
+    )
     parser.add_argument("--params-table", action="store_true", help="print the parameter table and exit")
     args = parser.parse_args()
+    if args.mem_steps < 2:
+        parser.error("--mem-steps must be >= 2 (the last step's activation peak needs Adam state in place)")
     torch.set_num_threads(args.threads)
     if args.params_table:
         params_table(args.stages, args.gamma)

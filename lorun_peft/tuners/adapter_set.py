@@ -132,17 +132,26 @@ def _base_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     return out
 
 
-def base_fingerprint(model: nn.Module) -> str:
-    """``"sha256:<hex>"`` over the base weights' names, dtypes, shapes and bytes (adapters excluded).
+def base_fingerprint(model: nn.Module, *, exact_dtype: bool = False) -> str:
+    """``"sha256:<hex>"`` over the base weights' names, shapes and values (adapters excluded).
 
     A clean model and the same model with StageLoRA adapters injected (or merged) have the same
-    fingerprint; any change of a base weight changes it.
+    fingerprint; any change of a base weight's value changes it. Floating-point tensors are hashed as
+    float64 bytes, so a backbone moved to another float dtype by an exact cast (float32 -> float64, or
+    a float16 checkpoint loaded as float32) keeps its fingerprint and its adapter sets still load.
+    ``exact_dtype=True`` gives the earlier format (each tensor's own dtype and bytes), still accepted
+    when loading sets saved with it.
     """
     holder = find_state_holder(model) or model
     digest = hashlib.sha256()
     for name, tensor in sorted(_base_tensors(holder), key=lambda item: item[0]):
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}\n".encode())
+        data = tensor.detach().to("cpu")
+        if data.is_floating_point() and not exact_dtype:
+            data, kind = data.to(torch.float64), "float"
+        else:
+            kind = str(data.dtype)
+        data = data.contiguous()
+        digest.update(f"{name}|{kind}|{tuple(data.shape)}\n".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
 
@@ -520,10 +529,10 @@ def load_adapter_set(
     _check_not_merged(holder)
     _check_num_stages(state, k, num_stages)
     fingerprint = base_fingerprint(holder)
-    if info["base_fingerprint"] != fingerprint:
+    if info["base_fingerprint"] not in (fingerprint, base_fingerprint(holder, exact_dtype=True)):
         raise AdapterSetError(
             f"adapter set {name!r} was trained on another base model: fingerprint {info['base_fingerprint']} "
-            f"!= this model's {fingerprint}"
+            f"!= this model's {fingerprint} (base weight values differ)"
         )
     missing = [_stage_dir_name(i) for i in range(k) if not (path / _stage_dir_name(i)).is_dir()]
     if missing:

@@ -120,6 +120,29 @@ def _crop(x: Tensor, image_size: tuple[int, ...] | None) -> Tensor:
     return x[..., :height, :width]
 
 
+def _check_image_size(
+    physics: LinearOperator, measurement: Tensor, grid: Tensor, image_size: tuple[int, ...]
+) -> None:
+    """``ValueError`` unless an image of ``image_size`` gives a measurement of ``measurement``'s shape.
+
+    ``grid`` is the estimate ``(B, C, H', W')`` on the physics' grid (e.g. block CS's padded one); a size
+    that could not have produced this measurement (too large, or smaller by a whole block) would
+    otherwise be cropped silently.
+    """
+    if len(image_size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in image_size):
+        raise ValueError(f"image_size must be (H, W) with positive integers, got {image_size!r}")
+    shape = (grid.shape[0], grid.shape[1], int(image_size[0]), int(image_size[1]))
+    try:
+        expected = tuple(physics.measurement_shape(shape))
+    except ValueError as exc:
+        raise ValueError(f"image_size {tuple(image_size)} does not fit this physics: {exc}") from exc
+    if expected != tuple(measurement.shape):
+        raise ValueError(
+            f"image_size {tuple(image_size)} does not match the measurement: an image of that size gives "
+            f"a measurement of shape {expected}, got {tuple(measurement.shape)}"
+        )
+
+
 def _first_bad_index(bad: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in bad.nonzero()[0])
 
@@ -292,6 +315,8 @@ class LoRunModel(PreTrainedModel):
         if image_size is None and labels is not None:
             image_size = tuple(labels.shape[-2:])
         x = task.physics.init(measurement)
+        if image_size is not None:
+            _check_image_size(task.physics, measurement, x, image_size)
         stages = []
         for k in range(self.config.num_stages):
             z = task.data_step(k, x, measurement)
@@ -349,6 +374,12 @@ class LoRunModel(PreTrainedModel):
         per-stage weights materialised (the fastest merge mode), and puts back the previous train/eval
         and merge modes afterwards. Returns ``(B, C, H, W)``, or ``(C, H, W)`` for a single measurement,
         on the measurement's device and dtype.
+
+        ``image_size=(H, W)``: the size of the original image(s). A block-CS measurement does not record
+        it: images whose sides are not multiples of the block were zero-padded, and without
+        ``image_size`` the estimate of the padded grid ``(ceil(H/b)*b, ceil(W/b)*b)`` is returned (crop
+        it yourself, or pass ``image_size``). A size that cannot have produced the measurement raises
+        ``ValueError``. Other physics determine the size from the measurement.
         """
         y, batched = self._validated_measurement(measurement)
         reference = next(self.parameters())

@@ -142,6 +142,27 @@ def test_wrong_fingerprint_is_rejected_untouched(trained, tiny):
     assert_same(before, snapshot(other))
 
 
+def test_set_loads_onto_an_exactly_cast_backbone_but_not_a_changed_one(trained):
+    clean, model, path, _ = trained()
+    wide = copy.deepcopy(clean).double()  # float32 -> float64 is exact: same weights, same fingerprint
+    assert base_fingerprint(wide) == base_fingerprint(clean)
+    load_adapter_set(wide, path)
+    x64 = X.double()
+    for k in range(K):
+        with torch.no_grad(), stage(model, k), stage(wide, k):
+            torch.testing.assert_close(wide(x64), model(X).double(), rtol=1e-5, atol=1e-6)
+    changed = copy.deepcopy(clean)
+    with torch.no_grad():
+        changed.c1.weight[0, 0, 0, 0] += 1e-3
+    with pytest.raises(ValueError, match="another base model"):
+        load_adapter_set(changed, path)
+    # sets saved with the earlier (dtype-exact) fingerprint still load
+    info = json.loads((path / "adapter_set.json").read_text())
+    info["base_fingerprint"] = base_fingerprint(clean, exact_dtype=True)
+    (path / "adapter_set.json").write_text(json.dumps(info))
+    load_adapter_set(copy.deepcopy(clean), path)
+
+
 def test_wrong_k_is_rejected_untouched(trained):
     clean, _, path, _ = trained()
     target = copy.deepcopy(clean)

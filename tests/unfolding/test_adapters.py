@@ -271,3 +271,17 @@ def test_lorun_mode_runs_in_float64_and_new_sets_follow_the_model_dtype():
     assert all(p.dtype == torch.float64 for p in model.parameters())
     out = model(measurement.double(), labels=images.double())
     assert out.images.dtype == torch.float64 and torch.isfinite(out.loss)
+
+
+def test_a_float32_set_loads_onto_the_same_backbone_in_float64(tmp_path):
+    model, _, measurement = lora_mode_model(task="sr2", algorithm="hqs")
+    randomize_set(model, "ratio-25", seed=8)
+    model.save_pretrained(tmp_path / "backbone")
+    model.save_adapter_set(tmp_path / "adapters")
+    wide = LoRunModel.from_pretrained(tmp_path / "backbone", dtype=torch.float64)
+    assert next(wide.parameters()).dtype == torch.float64 and not wide.training
+    wide.load_adapter(tmp_path / "adapters", "ratio-25")
+    assert all(p.dtype == torch.float64 for p in wide.parameters())
+    out = wide.restore(measurement.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, model.restore(measurement).double(), rtol=1e-4, atol=1e-5)

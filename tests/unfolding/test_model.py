@@ -118,8 +118,11 @@ def test_padded_cs_grid_is_cropped_to_the_labels_or_image_size():
     out = model(y, labels=images, return_stages=True)
     assert out.images.shape == images.shape and all(s.shape == images.shape for s in out.stages)
     assert model(y, image_size=(12, 12)).images.shape == images.shape
-    with pytest.raises(ValueError, match="larger than the estimate"):
-        model(y, image_size=(20, 20))
+    for wrong in ((20, 20), (7, 12), (3, 3)):  # too large, or smaller by a whole block: not y's image
+        with pytest.raises(ValueError, match=r"gives a measurement of shape .* got \(2, 16, 2, 2\)"):
+            model(y, image_size=wrong)
+    with pytest.raises(ValueError, match="positive integers"):
+        model(y, image_size=(12,))
 
 
 @pytest.mark.parametrize("algorithm", ["pgd", "hqs"])

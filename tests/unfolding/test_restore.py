@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unfolding_helpers import make_model
+from unfolding_helpers import make_model, smooth_images
 
 
 @pytest.mark.parametrize("task", ["cs", "cassi", "sr2"])
@@ -30,6 +30,23 @@ def test_restore_returns_the_measurement_dtype_and_crops_to_image_size():
     out = model.restore(measurement.double())
     assert out.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
     assert model.restore(measurement, image_size=(12, 12)).shape == (2, 1, 12, 12)
+
+
+def test_restore_of_unaligned_cs_returns_the_padded_grid_or_crops_to_a_consistent_image_size():
+    model, _, _ = make_model("cs")  # 8x8 blocks
+    images = smooth_images(2, 1, 24)[..., :19, :21]
+    y = model.task.physics.measure(images)
+    assert model.restore(y).shape == (2, 1, 24, 24)  # the padded grid: y does not record (19, 21)
+    batch = model.restore(y, image_size=(19, 21))
+    single = model.restore(y[1], image_size=(19, 21))
+    assert batch.shape == (2, 1, 19, 21) and single.shape == (1, 19, 21)
+    torch.testing.assert_close(single, batch[1])
+    torch.testing.assert_close(batch, model.restore(y)[..., :19, :21])
+    with pytest.raises(ValueError, match="does not match the measurement"):
+        model.restore(y, image_size=(9, 21))  # would silently crop away a whole block row
+    sr, _, y_sr = make_model("sr2")
+    with pytest.raises(ValueError, match="does not match the measurement"):
+        sr.restore(y_sr, image_size=(14, 16))
 
 
 def test_restore_rejects_a_wrong_shape_with_the_expected_layout():
