@@ -151,6 +151,19 @@ class StageLoRALayer(nn.Module, LoraLayer):
         scaling = self.scaling[adapter]
         return delta if scaling == 1 else delta * scaling
 
+    def merged_weight(self, adapter: str) -> Tensor:
+        """``W0 + dW`` of ``adapter``, differentiable (the in-forward merge)."""
+        return self.base_layer.weight + self.get_delta_weight(adapter)
+
+    def _fused_merged_weight(self, adapter: str) -> Tensor:
+        """``W0 + dW`` as one ``addmm`` on the 2-D views (eq. 4 is a reshape of ``B @ A``)."""
+        weight = self.base_layer.weight
+        weight_a, weight_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        if not (weight.is_contiguous() and weight.dtype == weight_a.dtype == weight_b.dtype):
+            return weight + self.get_delta_weight(adapter)
+        flat = weight.view(weight_b.shape[0], weight_a.shape[1])
+        return torch.addmm(flat, weight_b, weight_a, alpha=self.scaling[adapter]).view(weight.shape)
+
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove ``adapter_name``; unlike PEFT's version it never flips ``requires_grad`` of the others."""
         for attr in self.adapter_layer_names + self.other_param_names:
@@ -224,7 +237,7 @@ class StageLoRALayer(nn.Module, LoraLayer):
         entry = self._materialized.get(adapter)
         if entry is None or entry[0] != key:
             with torch.no_grad():
-                weight = self.base_layer.weight + self.get_delta_weight(adapter)
+                weight = self.merged_weight(adapter)
             entry = (key, weight)
             self._materialized[adapter] = entry
         return entry[1]
@@ -257,8 +270,12 @@ class StageLoRALayer(nn.Module, LoraLayer):
             for adapter in active:
                 result = result + self._lora_branch(x, adapter, *args, **kwargs)
             return result
-        if mode == "materialized" and len(active) == 1 and not self._needs_grad(active[0]):
-            weight = self.materialize(active[0])
+        if len(active) == 1:
+            adapter = active[0]
+            if mode == "materialized" and not self._needs_grad(adapter):
+                weight = self.materialize(adapter)
+            else:
+                weight = self.merged_weight(adapter)
         else:
             weight = base_layer.weight
             for adapter in active:
@@ -302,6 +319,11 @@ class StageLoRAConv2d(StageLoRALayer):
         if layout == "paper":
             return (weight_b @ weight_a).view(shape)
         return (weight_b.flatten(1) @ weight_a.flatten(1)).view(shape)
+
+    def merged_weight(self, adapter: str) -> Tensor:
+        if self.conv_layout[adapter] == "paper":
+            return self._fused_merged_weight(adapter)
+        return super().merged_weight(adapter)
 
     def _base_op(self, x: Tensor, weight: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         base = self.base_layer
@@ -384,6 +406,9 @@ class StageLoRALinear(StageLoRALayer):
 
     def _compose(self, weight_a: Tensor, weight_b: Tensor, layout: str) -> Tensor:
         return weight_b @ weight_a
+
+    def merged_weight(self, adapter: str) -> Tensor:
+        return self._fused_merged_weight(adapter)
 
     def _base_op(self, x: Tensor, weight: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return F.linear(x, weight, self.base_layer.bias)

@@ -1,0 +1,160 @@
+"""Smoke runs of the example scripts (both phases, then evaluation) and their bad-data errors.
+
+The scripts' ``main(argv)`` functions are called in-process (one subprocess checks the command line
+itself). ``LORUN_DATA_DIR`` points at an empty folder, so the runs use the shipped sample images, a
+synthetic cube and mask and synthetic SR kernels: the tests pass without ``../shared``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_data(tmp_path, monkeypatch):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("LORUN_DATA_DIR", str(empty))
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(("task", "set_name"), [("cs", "ratio-25"), ("sr", "x2-k1"), ("cassi", "mask-28")])
+def test_smoke_both_phases_then_evaluate(task, set_name, tmp_path):
+    train, evaluate = _script(f"train_{task}"), _script("evaluate")
+    phase1, phase2, report = tmp_path / "phase1", tmp_path / "phase2", tmp_path / "eval"
+    assert train(["--smoke", "--output_dir", str(phase1)]) == 0
+    assert (phase1 / "config.json").is_file() and (phase1 / "model.safetensors").is_file()
+    assert train(["--smoke", "--mode", "lorun", "--backbone", str(phase1), "--output_dir", str(phase2)]) == 0
+    assert (phase2 / set_name / "adapter_set.json").is_file()
+    summary = json.loads((phase2 / "run_summary.json").read_text())
+    assert summary["mode"] == "lorun" and 0 < summary["trainable_params"] < summary["stored_params"]
+    argv = [
+        "--smoke",
+        "--backbone",
+        str(phase1),
+        "--adapter_set",
+        str(phase2),
+        "--adapter_set_name",
+        set_name,
+    ]
+    assert evaluate([*argv, "--output_dir", str(report), "--stagewise"]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["metadata"]["adapter_set"] == set_name
+    assert len(metrics["items"]) == 2 and np.isfinite(metrics["mean_psnr"])
+    assert len(metrics["stage_psnr"]) == 2  # --smoke caps K at 2
+    assert (report / "metrics.csv").read_text().splitlines()[-1].startswith("average,")
+    assert (report / "stagewise.png").stat().st_size > 0
+    images = sorted(p.name for p in (report / "images").iterdir())
+    expected = ["astronaut.png", "camera.png"]
+    if task == "cassi":
+        expected = ["astronaut.npz", "astronaut.png", "camera.npz", "camera.png"]
+    assert images == expected
+
+
+def test_block_mode_evaluates_without_adapter_set(tmp_path):
+    assert _script("train_cs")(["--smoke", "--mode", "block", "--output_dir", str(tmp_path / "b")]) == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["mode"] == "block" and config["physics"]["ratio"] == 0.25
+    assert (
+        _script("evaluate")(
+            ["--smoke", "--backbone", str(tmp_path / "b"), "--output_dir", str(tmp_path / "e")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metadata"]["mode"] == "block"
+
+
+def test_script_help_and_bad_argument_from_the_command_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORUN_DATA_DIR": str(tmp_path)}
+    script = str(REPO / "examples" / "train_sr.py")
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env)
+    assert help_text.returncode == 0
+    for option in ("--kernel", "--scale", "--mode", "--backbone", "--push_to_hub", "--smoke", "--max_steps"):
+        assert option in help_text.stdout
+    bad = subprocess.run(
+        [sys.executable, script, "--kernel", "K13", "--smoke", "--output_dir", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("train_sr: error: kernel must be K1..K12")
+
+
+def _error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines, "expected an error line on stderr"
+    return lines[-1]
+
+
+def test_empty_folder_is_one_clear_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = _script("train_cs")(["--train_data", str(empty), "--output_dir", str(tmp_path / "o")])
+    assert code == 2
+    assert _error(capsys) == f"train_cs: error: no image files in {empty}; expected files ending in " + (
+        ".png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .gif, .ppm, .pgm"
+    )
+
+
+def test_corrupt_image_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    assert _script("train_cs")(["--train_data", str(folder), "--output_dir", str(tmp_path / "o")]) == 2
+    line = _error(capsys)
+    assert line.startswith("train_cs: error: cannot decode image file ") and "broken.png" in line
+
+
+def test_crop_larger_than_an_image_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((48, 80, 3), np.uint8)).save(folder / "small.png")
+    argv = ["--train_data", str(folder), "--patch_size", "64", "--output_dir", str(tmp_path / "o")]
+    assert _script("train_sr")(argv) == 2
+    line = _error(capsys)
+    assert "patch size 64 is larger than image file" in line and "small.png (48x80)" in line
+
+
+def test_cube_band_count_mismatch_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "cubes"
+    folder.mkdir()
+    np.savez(folder / "odd.npz", cube=np.random.default_rng(0).random((40, 40, 31)).astype(np.float32))
+    argv = ["--train_data", str(folder), "--smoke", "--output_dir", str(tmp_path / "o")]
+    assert _script("train_cassi")(argv) == 2
+    line = _error(capsys)
+    assert "odd.npz has 31 bands" in line and "expected 28" in line
+
+
+def test_evaluate_cube_with_wrong_band_count(tmp_path, capsys):
+    assert _script("train_cassi")(["--smoke", "--output_dir", str(tmp_path / "m")]) == 0
+    np.savez(tmp_path / "ten.npz", cube=np.full((64, 64, 10), 0.5, np.float32))
+    argv = ["--backbone", str(tmp_path / "m"), "--test_data", str(tmp_path / "ten.npz"), "--smoke"]
+    assert _script("evaluate")([*argv, "--output_dir", str(tmp_path / "e")]) == 2
+    line = _error(capsys)
+    assert "ten.npz has 10 bands" in line and "expected 28" in line
+
+
+def test_lorun_needs_a_backbone(tmp_path, capsys):
+    assert _script("train_cs")(["--smoke", "--mode", "lorun", "--output_dir", str(tmp_path)]) == 2
+    assert "--mode lorun needs --backbone" in _error(capsys)
