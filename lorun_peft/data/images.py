@@ -84,8 +84,8 @@ def load_image_folder(
     """Load images as a ``datasets.Dataset`` with an ``"image"`` column of PIL images.
 
     A local folder goes through ``datasets.load_dataset("imagefolder", data_dir=...)``, which
-    works offline. A folder without ``train/``/``test/`` sub-folders is a single split, which
-    ``datasets`` names ``"train"``. Anything else is treated as a Hub dataset id.
+    works offline. A folder without ``train/``/``test/`` sub-folders is a single split, returned
+    whatever ``split`` says. Anything else is treated as a Hub dataset id.
 
     Args:
         path_or_hub_id: a local folder, or a Hub dataset id such as ``"owner/name"``.
@@ -115,6 +115,10 @@ def load_image_folder(
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a directory)")
     else:
         splits = datasets.load_dataset(source, cache_dir=cache)
+    if folder.is_dir() and split not in splits and len(splits) == 1:
+        # A flat folder is one split, but ``datasets`` may name it after the files (Train400's
+        # ``test_001.png`` ... make a "test" split): read it whatever it is called.
+        split = next(iter(splits))
     if split not in splits:
         raise ValueError(f"split {split!r} not found in {source}; available splits: {list(splits)}")
     dataset = splits[split]

@@ -455,23 +455,8 @@ def smoke_items(task: str, bands: int = 28, size: int = 64, count: int = 2) -> l
 
 
 def load_images(source: str | os.PathLike, channels: int) -> Any:
-    """:func:`~lorun_peft.data.load_image_folder` on the folder's one split (or ``"train"``).
-
-    ``datasets``' imagefolder names the split of a flat folder after its file names: Train400's
-    ``test_001.png`` ... make a ``"test"`` split. A local folder with a single split is read whatever its
-    name; otherwise (and for Hub ids) the ``"train"`` split is used.
-    """
-    import datasets
-
-    split = "train"
-    if Path(source).is_dir():
-        try:
-            splits = datasets.get_dataset_split_names("imagefolder", data_dir=str(source))
-        except Exception:  # an empty or unreadable folder: load_image_folder raises the clear error
-            splits = []
-        if len(splits) == 1:
-            split = splits[0]
-    return load_image_folder(str(source), split=split, channels=channels)
+    """:func:`~lorun_peft.data.load_image_folder` on a local folder (its one split) or a Hub id."""
+    return load_image_folder(str(source), split="train", channels=channels)
 
 
 def build_train_source(

@@ -71,8 +71,12 @@ def test_load_image_folder_errors_name_the_problem(mixed_folder: Path, tmp_path:
         load_image_folder(empty)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image_folder(tmp_path / "missing")
+    two_splits = tmp_path / "two_splits"
+    for split in ("train", "validation"):
+        (two_splits / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(two_splits / split / "a.png")
     with pytest.raises(ValueError, match="split 'test' not found"):
-        load_image_folder(mixed_folder, split="test", cache_dir=tmp_path / "cache")
+        load_image_folder(two_splits, split="test", cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="channels must be"):
         load_image_folder(mixed_folder, channels=2)
     (mixed_folder / "z_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
@@ -175,3 +179,13 @@ def test_set11_folder_loads_as_gray(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(ds[parrots]["image"]), np.asarray(raw.convert("L")))
     patches = RandomPatchDataset(ds, patch_size=33, patches_per_image=2, seed=0)
     assert patches[21].shape == (1, 33, 33)
+
+
+def test_flat_folder_is_read_whatever_datasets_names_its_split(tmp_path):
+    # Train400's files are named test_001.png ...: datasets calls that flat folder's split "test".
+    folder = tmp_path / "Train400"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((8, 8), 40 * index, dtype=np.uint8)).save(folder / f"test_{index:03d}.png")
+    dataset = load_image_folder(folder, split="train", channels=1, cache_dir=tmp_path / "cache")
+    assert len(dataset) == 3
