@@ -1,88 +1,796 @@
-"""The ``lorun`` command line.
+"""The ``lorun`` command line: demo, restore, evaluate, info and train.
 
-``lorun demo`` is the README's main job. Until shipped pretrained LoRun models exist it runs a
-physics demo on a shipped public-domain image: it simulates a block-CS measurement at 25 %,
-reports the PSNR/SSIM of the field's initial estimate, then runs a classical plug-and-play HQS
-loop (the same data step LoRun unfolds, with a Gaussian smoother as the denoiser) and reports the
-gain. Every number is computed in the run.
+``lorun demo`` is the README's main job: it restores a shipped public-domain image from simulated 25 %
+block-CS measurements with the shipped LoRun-9 and compares it with the initial estimate and the
+phase-1 backbone alone (Block-9-share), then swaps in another ratio's adapter set in place. ``restore``
+turns an image or a saved measurement into a restored image, ``evaluate`` scores a folder through
+:mod:`lorun_peft.evaluation`, ``info`` prints a model's configuration, adapter sets and parameter
+report, and ``train`` points at the example training scripts. Models come from the shipped assets
+(:mod:`lorun_peft.pretrained`) or from ``--backbone``/``--adapters`` (folders or Hub ids). Bad
+arguments and missing files print one ``error:`` line on stderr and exit with code 2. See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+
+#: Suffixes read as saved measurements by ``lorun restore`` (images are read by their own suffixes).
+MEASUREMENT_SUFFIXES = (".npy", ".safetensors", ".mat")
+TASKS = ("cs", "sr", "cassi")
 
 
-def _gaussian_smoother(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A fixed Gaussian filter used as a classical denoiser in the physics demo."""
-    radius = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    channels = x.shape[1]
-    kx = g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    ky = g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kx, groups=channels)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), ky, groups=channels)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``lorun <command>: error: ... (see --help)`` and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wrapped help that shows the default of every option that has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is not None
+            and default is not False
+            and default != argparse.SUPPRESS
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--device {name!r} is not a device (expected cpu, cuda, cuda:1, mps ...)"
+        ) from error
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """``(C, H, W)`` in [0, 1] (C = 1 or 3) -> PNG bytes (8-bit, rounded)."""
+    from PIL import Image
+
+    array = (image.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _percent(value: float) -> str:
+    text = f"{value * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{text} %"
+
+
+def _describe_physics(config: dict[str, Any]) -> str:
+    """One line for a physics config (``LinearOperator.get_config()``)."""
+    kind = config.get("type")
+    if kind == "block_cs":
+        b = config["block_size"]
+        phi = "learned" if config.get("learnable") else "fixed"
+        return (
+            f"block CS, ratio {_percent(config['ratio'])} ({config['num_rows']} rows x {b * b}, "
+            f"{b}x{b} blocks), {config['channels']} channel(s), {phi} Phi"
+        )
+    if kind == "blur_downsample":
+        kh, kw = config["kernel_size"]
+        return f"blur ({kh}x{kw} kernel) + downsampling x{config['scale']}"
+    if kind == "cassi":
+        height, width = config["mask_shape"]
+        return f"SD-CASSI, {height}x{width} mask, dispersion {config['step']} px/band"
+    if kind == "denoising":
+        return "denoising (A = I)"
+    return json.dumps(config, sort_keys=True)
+
+
+def _task_of(model: Any) -> str:
+    from lorun_peft.data.tasks import PHYSICS_TASK
+
+    kind = model.physics.get_config()["type"]
+    if kind not in PHYSICS_TASK:
+        raise ValueError(f"no task for physics {kind!r}; expected one of {sorted(PHYSICS_TASK)}")
+    return PHYSICS_TASK[kind]
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model",
+        "The shipped pretrained model of --task (an adapter set chosen by --ratio, or --scale/--kernel, or "
+        "--adapter-set), or your own with --backbone/--adapters.",
+    )
+    group.add_argument("--task", choices=TASKS, default=None, help="task of the shipped model (default: cs)")
+    group.add_argument(
+        "--ratio", type=float, default=None, metavar="R", help="CS: select set ratio-XX (0.25 or 25)"
+    )
+    group.add_argument(
+        "--scale", type=int, default=None, metavar="S", help="SR: select set x{scale}-k{kernel}"
+    )
+    group.add_argument(
+        "--kernel", default=None, metavar="K", help="SR: kernel K1..K12 of the set (default K1)"
+    )
+    group.add_argument(
+        "--adapter-set", default=None, metavar="NAME", help="adapter set by name (e.g. ratio-25, x4-k1)"
+    )
+    group.add_argument("--backbone", default=None, metavar="PATH", help="your own backbone: folder or Hub id")
+    group.add_argument(
+        "--adapters",
+        default=None,
+        metavar="PATH",
+        help="adapter sets: a set folder, or a folder/Hub repo of <set>/ folders (all are loaded); "
+        "without --backbone they go onto the shipped backbone of --task",
+    )
+    group.add_argument(
+        "--pretrained-dir",
+        default=None,
+        metavar="DIR",
+        help="root of the shipped assets (default: $LORUN_PRETRAINED_DIR or lorun_peft/assets/pretrained)",
+    )
+    group.add_argument(
+        "--device", default=None, metavar="DEV", help="cpu, cuda, ... (default: cuda if available, else cpu)"
+    )
+
+
+def _selected_set(args: argparse.Namespace, task: str | None) -> str | None:
+    from lorun_peft.pretrained import adapter_set_name
+
+    if args.adapter_set is not None:
+        return args.adapter_set
+    if args.ratio is not None:
+        if task not in (None, "cs"):
+            raise ValueError(f"--ratio selects a CS set, but the task is {task!r}")
+        return adapter_set_name("cs", ratio=args.ratio)
+    if args.scale is not None or args.kernel is not None:
+        if task not in (None, "sr"):
+            raise ValueError(f"--scale/--kernel select an SR set, but the task is {task!r}")
+        if args.scale is None:
+            raise ValueError("--kernel needs --scale (the set is x{scale}-k{kernel})")
+        return adapter_set_name("sr", scale=args.scale, kernel=args.kernel)
+    return None
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """The selected model (eval mode, on ``--device``) and a one-line description of where it came from."""
+    from lorun_peft import pretrained
+
+    if args.backbone is not None:
+        model = pretrained.load_model(args.backbone, args.adapters, _selected_set(args, None))
+        source = f"backbone {args.backbone}" + (f", adapters {args.adapters}" if args.adapters else "")
+        task = _task_of(model)
+        if args.task is not None and args.task != task:
+            raise ValueError(f"--task {args.task} but the backbone's physics is a {task!r} model")
+    else:
+        task = args.task or "cs"
+        if task == "cassi" and args.adapters is None:
+            pretrained.pretrained_dir(task, args.pretrained_dir)  # clear error when none is installed
+        set_name = _selected_set(args, task)
+        if args.adapters is not None:
+            backbone = pretrained.pretrained_dir(task, args.pretrained_dir) / pretrained.BACKBONE_DIR
+            model = pretrained.load_model(backbone, args.adapters, set_name)
+            source = f"shipped {task} backbone {backbone}, adapters {args.adapters}"
+        else:
+            model = pretrained.load_pretrained(task, set_name, args.pretrained_dir)
+            source = f"shipped pretrained {task!r} ({pretrained.pretrained_dir(task, args.pretrained_dir)})"
+    return model.to(_device(args.device)), source
+
+
+def _model_line(model: Any) -> str:
+    k = model.num_stages
+    if model.mode == "lorun":
+        return f"LoRun-{k} (adapter set {model.active_adapter_set})"
+    return f"Block-{k}" if model.mode == "block" else f"Block-{k}-share"
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    if size == 0:
+        return image
+    if not 8 <= size <= min(height, width):
+        raise ValueError(f"--size must be 0 (whole image) or in [8, {min(height, width)}], got {size}")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[..., top : top + size, left : left + size].contiguous()
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from lorun_peft.data.samples import load_sample_image
-    from lorun_peft.metrics import psnr, ssim
-    from lorun_peft.physics import BlockCS
+    from lorun_peft.data.samples import list_sample_images, load_sample_image
+    from lorun_peft.figures import comparison_figure
+    from lorun_peft.metrics import cs_psnr, cs_ssim
+    from lorun_peft.pretrained import adapter_set_name, load_pretrained, pretrained_dir
 
-    torch.manual_seed(args.seed)
     start = time.perf_counter()
-    image = load_sample_image(args.image, mode="L").unsqueeze(0).double()
-    physics = BlockCS(ratio=args.ratio, block_size=32, learnable=False).double()
-    generator = torch.Generator().manual_seed(args.seed)
-    y = physics.measure(image, generator=generator)
-    print(f"image '{args.image}' {tuple(image.shape[-2:])}, CS ratio {args.ratio:.0%}, block 32")
-    print(f"measurement {tuple(y.shape)} ({y.numel() / image.numel():.1%} of the pixels)")
+    if args.image not in list_sample_images():
+        raise ValueError(f"unknown sample image {args.image!r}; expected one of {list_sample_images()}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"--output must end in .png, got {output}")
+    main_set = adapter_set_name("cs", ratio=args.ratio)
+    others = [adapter_set_name("cs", ratio=r) for r in args.other_ratio]
+    model = load_pretrained("cs", None, args.pretrained_dir).to(_device(args.device))
+    installed = model.list_adapter_sets()
+    missing = [name for name in [main_set, *others] if name not in installed]
+    if missing:
+        raise ValueError(f"the shipped CS model has no adapter set {missing}; installed: {installed}")
+    loaded = time.perf_counter() - start
+    reference = next(model.parameters())
+    clean = _centre_crop(load_sample_image(args.image, "L"), args.size)
+    clean = clean.unsqueeze(0).to(device=reference.device, dtype=reference.dtype)
+    size = tuple(clean.shape[-2:])
+    k = model.num_stages
 
-    def report(name: str, x: torch.Tensor) -> None:
-        x = x.clamp(0, 1)
-        p = psnr(x * 255, image * 255, data_range=255.0).item()
-        s = ssim(x * 255, image * 255, data_range=255.0).item()
-        print(f"  {name:<38s} PSNR {p:6.2f} dB   SSIM {s:.4f}")
+    def measure(physics: Any) -> torch.Tensor:
+        generator = torch.Generator(device=clean.device).manual_seed(args.seed)
+        return physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)
 
-    x = physics.init(y)
-    report("initial estimate A^T y", x)
-    z = x
-    for _ in range(args.iterations):
-        x = physics.hqs_step(z, y, mu=args.mu)
-        z = _gaussian_smoother(x, sigma=args.smoothing)
-    report(f"plug-and-play HQS, {args.iterations} iterations", x)
+    def restore(physics: Any) -> torch.Tensor:
+        return model.restore(measure(physics), image_size=size)
+
+    # (label in the table, short title in the figure, set, physics, estimate)
+    rows: list[tuple[str, str, str, Any, torch.Tensor]] = []
+    model.set_adapter_set(main_set)
+    with torch.no_grad():
+        initial = model.physics.init(measure(model.physics))[..., : size[0], : size[1]]
+    rows.append(("initial estimate (Phi^T y)", "initial Phi^T y", main_set, model.physics, initial))
+    with model.disable_adapters():
+        block = restore(model.physics)
+        rows.append(
+            (f"Block-{k}-share (backbone alone)", f"Block-{k}-share", "phase-1", model.physics, block)
+        )
+    rows.append((f"LoRun-{k}", f"LoRun-{k}", main_set, model.physics, restore(model.physics)))
+    for name in others:
+        model.set_adapter_set(name)
+        rows.append(
+            (f"LoRun-{k} (set swapped in)", f"LoRun-{k}", name, model.physics, restore(model.physics))
+        )
+    model.set_adapter_set(main_set)
+
+    crop = "whole image" if args.size == 0 else "centre crop"
+    print(f"LoRun demo: restore the shipped image {args.image!r} ({size[0]}x{size[1]} {crop}) from block-CS")
+    print(
+        f"model: shipped LoRun-{k} (sets {', '.join(installed)}) "
+        f"from {pretrained_dir('cs', args.pretrained_dir)}"
+    )
+    print(
+        "measurement: each method samples the same clean image with its own learned Phi (the set's, or the "
+        f"backbone's phase-1 one), noise sigma {args.noise_sigma:g}, seed {args.seed}"
+    )
+    print("metrics: CS protocol (ISTA-Net; lorun_peft.metrics.cs_psnr/cs_ssim): gray on [0, 255], clipped")
+    print()
+    print(f"{'method':<32} {'set':<9} {'ratio':>7} {'PSNR (dB)':>10} {'SSIM':>7}")
+    captions, titles = ["PSNR / SSIM"], ["ground truth"]
+    for label, title, set_name, physics, estimate in rows:
+        psnr = float(cs_psnr(estimate, clean))
+        ssim = float(cs_ssim(estimate, clean))
+        print(f"{label:<32} {set_name:<9} {_percent(physics.ratio):>7} {psnr:>10.2f} {ssim:>7.4f}")
+        captions.append(f"{psnr:.2f} dB / {ssim:.4f}")
+        titles.append(f"{title} ({_percent(physics.ratio)})")
+    images = [clean[0], *(estimate[0] for *_, estimate in rows)]
+    path = comparison_figure(images, titles, output, captions=captions)
+    print()
+    print(f"wrote {path} ({len(images)} panels with zoom boxes)")
+    print(f"done in {time.perf_counter() - start:.1f} s (loading the model {loaded:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- restore
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image-size must be HxW with positive integers (e.g. 256x256), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """A saved measurement (``.npy``, ``.safetensors``, ``.mat``) as float32 and the file's metadata."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"cannot read {path} as a numeric .npy array: {error}") from error
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{path} holds {array.dtype}, expected a numeric array")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), {}
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = list(handle.keys())
+                key = "measurement" if "measurement" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise ValueError(f"{path} holds tensors {keys}; expected one named 'measurement'")
+                return handle.get_tensor(key).float(), dict(handle.metadata() or {})
+        except SafetensorError as error:
+            raise ValueError(f"cannot read {path} as safetensors: {error}") from error
+    from lorun_peft.physics import load_mat_array
+
+    return load_mat_array(path, default="measurement").float(), {}
+
+
+def _write_measurement(path: Path, y: torch.Tensor, model: Any, size: tuple[int, int]) -> Path:
+    """Save ``y``: ``.npy``, or ``.safetensors`` with the physics, adapter set and image size as metadata."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, y.detach().cpu().float().numpy())
+        return _write_bytes(path, buffer.getvalue())
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        metadata = {
+            "physics": json.dumps(model.physics.get_config()),
+            "adapter_set": model.active_adapter_set or "",
+            "image_size": f"{size[0]}x{size[1]}",
+        }
+        return _write_bytes(path, save({"measurement": y.detach().cpu().float().contiguous()}, metadata))
+    raise ValueError(f"--save-measurement must end in .npy or .safetensors, got {path}")
+
+
+def _score(task: str, estimate: torch.Tensor, clean: torch.Tensor, physics: Any) -> tuple[float, float, str]:
+    from lorun_peft import metrics
+
+    if task == "cs":
+        return float(metrics.cs_psnr(estimate, clean)), float(metrics.cs_ssim(estimate, clean)), "CS protocol"
+    scale = physics.scale
+    psnr = float(metrics.psnr_y(estimate.clamp(0, 1), clean, shave=scale))
+    ssim = float(metrics.ssim_y(estimate.clamp(0, 1), clean, shave=scale))
+    return psnr, ssim, f"SR protocol: Y channel, {scale}-pixel border shaved"
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from lorun_peft.data.images import IMAGE_EXTENSIONS, image_to_tensor
+
+    start = time.perf_counter()
+    source = Path(args.input)
+    if not source.is_file():
+        raise FileNotFoundError(f"input {source} does not exist (expected an image or a measurement file)")
+    suffix = source.suffix.lower()
+    if suffix not in (*IMAGE_EXTENSIONS, *MEASUREMENT_SUFFIXES):
+        raise ValueError(
+            f"cannot read {source.name}: expected an image ({', '.join(IMAGE_EXTENSIONS)}) or a saved "
+            f"measurement ({', '.join(MEASUREMENT_SUFFIXES)})"
+        )
+    output = Path(args.output) if args.output else source.with_name(f"{source.stem}_restored.png")
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"--output must end in .png, got {output}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    image_size = _parse_size(args.image_size)
+    model, where = _load_model(args)
+    task = _task_of(model)
+    physics = model.physics
+    reference = next(model.parameters())
+    channels = model.denoisers[0].config.in_channels
+    clean = None
+    if suffix in IMAGE_EXTENSIONS:
+        if task == "cassi":
+            raise ValueError("a CASSI model restores measurements (.npy/.safetensors/.mat), not image files")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(source) as handle:
+                image = image_to_tensor(handle, channels)
+        except UnidentifiedImageError as error:
+            raise ValueError(f"cannot decode image {source}: {error}") from error
+        image = image.to(device=reference.device, dtype=reference.dtype)
+        if args.measured:
+            y, kind = image, "measurement (image file)"
+        else:
+            if task == "sr":
+                s = physics.scale
+                image = image[
+                    ..., : image.shape[-2] - image.shape[-2] % s, : image.shape[-1] - image.shape[-1] % s
+                ]
+            clean = image.unsqueeze(0)
+            generator = torch.Generator(device=clean.device).manual_seed(args.seed)
+            with torch.no_grad():
+                y = physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)[0]
+            image_size = tuple(clean.shape[-2:])
+            kind = "clean image (measurement simulated with the model's physics)"
+    else:
+        if args.measured:
+            raise ValueError("--measured applies to image files; saved measurements are always measurements")
+        y, metadata = _read_measurement(source)
+        if image_size is None and "image_size" in metadata:
+            image_size = _parse_size(metadata["image_size"])
+        kind = f"measurement {tuple(y.shape)}"
+        saved_set = metadata.get("adapter_set") or None
+        if saved_set in model.list_adapter_sets() and saved_set != model.active_adapter_set:
+            if _selected_set(args, task) is not None:
+                raise ValueError(
+                    f"{source.name} was simulated with adapter set {saved_set!r} (its own physics), but "
+                    f"{model.active_adapter_set!r} was selected; drop the selection or pick {saved_set!r}"
+                )
+            model.set_adapter_set(saved_set)
+            physics = model.physics
+            kind += f", simulated with adapter set {saved_set!r} (recorded in the file)"
+    restored = model.restore(y.to(device=reference.device, dtype=reference.dtype), image_size=image_size)
+    restored = restored if restored.ndim == 4 else restored.unsqueeze(0)
+    written = []
+    if task == "cassi":
+        from lorun_peft.figures import cassi_to_rgb
+
+        cube_path = output.with_suffix(".npy")
+        buffer = io.BytesIO()
+        np.save(buffer, restored[0].detach().cpu().float().numpy())
+        written.append(_write_bytes(cube_path, buffer.getvalue()))
+        written.insert(0, _write_bytes(output, _png(cassi_to_rgb(restored[0]))))
+    else:
+        written.append(_write_bytes(output, _png(restored[0])))
+    if args.save_measurement:
+        if clean is None:
+            raise ValueError("--save-measurement needs a clean image input (the measurement is simulated)")
+        written.append(_write_measurement(Path(args.save_measurement), y, model, image_size))
+    print(f"model: {_model_line(model)} from {where}")
+    print(f"physics: {_describe_physics(physics.get_config())}")
+    print(f"input: {source} as {kind}")
+    if clean is not None:
+        with torch.no_grad():
+            initial = physics.init(y.unsqueeze(0))[..., : clean.shape[-2], : clean.shape[-1]]
+        for label, estimate in (("initial estimate", initial), ("restored", restored)):
+            psnr, ssim, protocol = _score(task, estimate, clean, physics)
+            print(f"{label:<17} PSNR {psnr:6.2f} dB  SSIM {ssim:.4f}  ({protocol})")
+    print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
+def run_evaluate(args: argparse.Namespace) -> int:
+    from lorun_peft.evaluation import evaluate_folder
+
+    start = time.perf_counter()
+    folder = Path(args.folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"test data {folder} does not exist (expected a folder of images or cubes)")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    import datasets
+
+    model, where = _load_model(args)
+    output_dir = Path(args.output_dir)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the folder is read through `datasets`; keep the output a table
+    try:
+        report = evaluate_folder(
+            model,
+            None,
+            folder,
+            max_items=args.max_images,
+            noise_sigma=args.noise_sigma,
+            seed=args.seed,
+            stagewise=args.stagewise,
+            save_dir=output_dir / "images" if args.save_images else None,
+        )
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    report.metadata.update({"model": where, "adapter_set": model.active_adapter_set})
+    paths = report.save(output_dir)
+    print(f"model: {_model_line(model)} from {where}")
+    print(f"physics: {_describe_physics(model.physics.get_config())}")
+    print(f"data: {folder} ({len(report.items)} item(s))")
+    print(f"protocol: {report.protocol}")
+    print(report.format_table())
+    extra = [f"{output_dir / 'images'}/"] if args.save_images else []
+    print("wrote " + ", ".join([*(str(p) for p in paths.values()), *extra]))
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- info
+def _list_pretrained(root: str | None) -> int:
+    from lorun_peft.pretrained import PRETRAINED_TASKS, list_pretrained, pretrained_root
+
+    installed = list_pretrained(root)
+    print(f"pretrained assets at {pretrained_root(root)}")
+    if not installed:
+        print("  none installed")
+    for task, description in PRETRAINED_TASKS.items():
+        if task in installed:
+            sets = ", ".join(installed[task]) or "no adapter sets"
+            print(f"  {task:<6} {description}: {sets}")
+    return 0
+
+
+def _denoiser_line(config: dict[str, Any]) -> str:
+    keys = (
+        "in_channels",
+        "out_channels",
+        "base_channels",
+        "depth",
+        "hidden_channels",
+        "num_blocks",
+        "channels",
+    )
+    details = ", ".join(f"{key} {config[key]}" for key in keys if key in config)
+    noise = ", noise-level map" if config.get("noise_level_map") else ""
+    return f"{config.get('model_type', '?')} ({details}{noise})"
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from lorun_peft.pretrained import read_manifest
+    from lorun_peft.tuners import base_fingerprint
+    from lorun_peft.tuners.stage import get_state
+
+    if args.list:
+        return _list_pretrained(args.pretrained_dir)
+    model, where = _load_model(args)
+    config = model.config
+    print(f"model: {_model_line(model)} from {where}")
+    print(
+        f"task: {_task_of(model)} | mode: {model.mode} | K = {config.num_stages} | "
+        f"algorithm: {config.algorithm}"
+    )
+    print(f"denoiser: {_denoiser_line(config.denoiser)}")
+    print(f"phase-1 physics: {_describe_physics(model.task.physics.get_config())}")
+    sets = model.list_adapter_sets()
+    if sets:
+        fingerprint = base_fingerprint(model.shared_denoiser)
+        short = fingerprint.split(":")[-1][:12]
+        _, state = get_state(model.shared_denoiser)
+        print(f"backbone fingerprint: {fingerprint} (every set was checked against it when loaded)")
+        print(f"adapter sets ({len(sets)}, active: {model.active_adapter_set}):")
+        print(f"  {'name':<12} {'K':>3} {'gamma':>6} {'layout':<7} {'fingerprint':<13} {'steps':<22} physics")
+        for name in sets:
+            record = state.sets[name]
+            first = record.configs[0]
+            task = model.adapter_tasks[name]
+            step = task.steps.step.detach()
+            steps = f"{task.steps.step_name} {float(step.min()):.3g}..{float(step.max()):.3g}"
+            print(
+                f"  {name:<12} {record.num_stages:>3} {first.gamma:>6g} {first.conv_layout:<7} "
+                f"{short:<13} {steps:<22} {_describe_physics(task.physics.get_config())}"
+            )
+    if args.backbone is None and args.adapters is None:
+        manifest = read_manifest(args.task or "cs", args.pretrained_dir)
+        for key, value in manifest.items():
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            print(f"manifest {key}: {text}")
+    print("parameters (base = denoiser, adapters = stage LoRA, task = physics and steps):")
+    print(model.parameter_report().format())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+_TRAIN_RECIPES = {
+    "cs": (
+        "CS: block compressive sensing, gray, learned Phi, Train400; sets ratio-XX",
+        ["--mode shared --ratio 0.25 --output_dir runs/cs/backbone"],
+        [
+            f"--mode lorun --backbone runs/cs/backbone --ratio {r} --output_dir runs/cs/adapters"
+            for r in ("0.25", "0.10", "0.50")
+        ],
+    ),
+    "sr": (
+        "SR: blur + downsampling with kernel K1..K12 of kernels_12.mat, RGB, BSDS500; sets x{s}-k{i}",
+        ["--mode shared --kernel K1 --scale 2 --output_dir runs/sr/backbone"],
+        [
+            f"--mode lorun --backbone runs/sr/backbone --kernel K1 --scale {s} --output_dir runs/sr/adapters"
+            for s in (2, 4)
+        ],
+    ),
+    "cassi": (
+        "CASSI: SD-CASSI, 28 bands, HQS, CAVE cubes resampled to KAIST's bands; sets mask-28",
+        ["--mode shared --denoiser ssr --output_dir runs/cassi/backbone"],
+        ["--mode lorun --backbone runs/cassi/backbone --denoiser ssr --output_dir runs/cassi/adapters"],
+    ),
+}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lorun_peft.data.tasks import repo_root
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    examples = repo_root() / "examples"
+    where = (
+        f"found in {examples}"
+        if examples.is_dir()
+        else "in the source repository (not installed with the package)"
+    )
+    print("LoRun trains in two phases with the example scripts (examples/, " + where + "):")
+    print(
+        "  phase 1 (--mode shared) trains one denoiser shared by the K stages (Block-K-share): the backbone;"
+    )
+    print("  phase 2 (--mode lorun --backbone DIR) freezes it and trains one adapter set per task mode")
+    print("  (K stage LoRA adapters + the set's own physics and steps). --mode block trains Block-K.")
+    for task in tasks:
+        description, phase1, phase2 = _TRAIN_RECIPES[task]
+        script = f"examples/train_{task}.py"
+        print()
+        print(description)
+        for options in [*phase1, *phase2]:
+            print(f"  accelerate launch {script} {options}")
+    print()
+    print("Notes: `python examples/train_<task>.py ...` runs one process without accelerate; add")
+    print("`--multi_gpu --num_processes N` after `accelerate launch` for N GPUs; `--smoke` is a seconds-long")
+    print("check without data; `python examples/train_<task>.py --help` lists every option. Then:")
+    print("  lorun info --backbone runs/cs/backbone --adapters runs/cs/adapters")
+    print(
+        "  lorun evaluate ../shared/data/Set11 --backbone runs/cs/backbone --adapters runs/cs/adapters "
+        "--ratio 0.10"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorun", description="LoRun deep LoRA-unfolding networks.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="restore a shipped image from a simulated CS measurement")
-    demo.add_argument("--image", default="camera", help="shipped sample image (default: camera)")
-    demo.add_argument("--ratio", type=float, default=0.25, help="CS sampling ratio in (0, 1]")
-    demo.add_argument("--iterations", type=int, default=30, help="plug-and-play HQS iterations")
-    demo.add_argument("--mu", type=float, default=0.05, help="HQS penalty mu")
-    demo.add_argument("--smoothing", type=float, default=0.8, help="Gaussian denoiser width (pixels)")
-    demo.add_argument("--seed", type=int, default=0)
+    """The ``lorun`` argument parser with its five subcommands."""
+    parser = _Parser(
+        prog="lorun",
+        description="LoRun deep LoRA-unfolding networks for image restoration (CS, SR, CASSI).",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="restore a shipped image from simulated 25 %% CS measurements with the shipped LoRun-9",
+        description="Simulate block-CS measurements of a shipped public-domain image, restore them with the "
+        "shipped LoRun model and its phase-1 backbone, swap in other ratios' adapter sets, print "
+        "PSNR/SSIM (CS protocol) and write a side-by-side PNG with zoom boxes.",
+        formatter_class=_Formatter,
+    )
+    demo.add_argument(
+        "--image", default="camera", metavar="NAME", help="shipped sample image (lorun_peft.data.samples)"
+    )
+    demo.add_argument(
+        "--size", type=int, default=256, metavar="N", help="side of the centre crop (0: the whole image)"
+    )
+    demo.add_argument(
+        "--ratio", type=float, default=0.25, metavar="R", help="CS ratio of the main adapter set"
+    )
+    demo.add_argument(
+        "--other-ratio",
+        type=float,
+        nargs="+",
+        metavar="R",
+        default=[0.10],
+        help="ratio(s) of the set(s) swapped in afterwards (ratio-10, ratio-50 ...)",
+    )
+    demo.add_argument(
+        "--noise-sigma", type=float, default=0.0, metavar="S", help="measurement noise std (images in [0, 1])"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
+    demo.add_argument("--output", default="lorun_demo.png", metavar="PNG", help="side-by-side PNG")
+    demo.add_argument("--pretrained-dir", default=None, metavar="DIR", help="root of the shipped assets")
+    demo.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, ...")
     demo.set_defaults(func=run_demo)
+
+    restore = sub.add_parser(
+        "restore",
+        help="restore an image file or a saved measurement",
+        description="An image file is the clean image: its measurement is simulated with the model's physics "
+        "and PSNR/SSIM are printed (--measured: the image IS the measurement, e.g. an SR low-resolution "
+        "image). A .npy / .safetensors (tensor 'measurement') / .mat (variable 'measurement', or the only "
+        "one) file is a measurement in the physics' layout, batched or not. Writes a PNG (CASSI: a "
+        "pseudo-colour PNG and the cube as .npy).",
+        formatter_class=_Formatter,
+    )
+    restore.add_argument("input", help="image file, or measurement (.npy, .safetensors, .mat)")
+    restore.add_argument(
+        "--output", default=None, metavar="PNG", help="restored PNG (default: <input>_restored.png)"
+    )
+    restore.add_argument("--measured", action="store_true", help="the image file is the measurement itself")
+    restore.add_argument(
+        "--image-size", default=None, metavar="HxW", help="HxW to crop the estimate to (CS on a padded grid)"
+    )
+    restore.add_argument(
+        "--noise-sigma", type=float, default=0.0, metavar="S", help="noise of a simulated measurement"
+    )
+    restore.add_argument("--seed", type=int, default=0, help="seed of that noise")
+    restore.add_argument(
+        "--save-measurement",
+        default=None,
+        metavar="PATH",
+        help="also save the simulated measurement (.npy or .safetensors)",
+    )
+    _add_model_arguments(restore)
+    restore.set_defaults(func=run_restore)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a model on a folder of test images or cubes (per-image PSNR/SSIM table)",
+        description="Simulate each test item's measurement with the model's physics, restore it and score it "
+        "with the task's published protocol (lorun_peft.evaluation). Writes metrics.csv, metrics.json, "
+        "restored images and, with --stagewise, stagewise.csv/png into --output-dir.",
+        formatter_class=_Formatter,
+    )
+    evaluate.add_argument("folder", help="folder of test images (CS gray, SR RGB) or .npz/.mat cubes (CASSI)")
+    evaluate.add_argument(
+        "--output-dir", default="lorun_eval", metavar="DIR", help="where metrics and images go"
+    )
+    evaluate.add_argument("--stagewise", action="store_true", help="also score every stage")
+    evaluate.add_argument(
+        "--no-images", dest="save_images", action="store_false", help="do not save the restored images"
+    )
+    evaluate.add_argument("--max-images", type=int, default=None, metavar="N", help="only the first N items")
+    evaluate.add_argument("--noise-sigma", type=float, default=0.0, metavar="S", help="measurement noise std")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
+    _add_model_arguments(evaluate)
+    evaluate.set_defaults(func=run_evaluate)
+
+    info = sub.add_parser(
+        "info",
+        help="configuration, adapter sets and parameter report of a model",
+        description="Print the backbone's configuration, every resident adapter set (K, gamma, layout, "
+        "fingerprint, steps, physics), the manifest of shipped assets and model.parameter_report().",
+        formatter_class=_Formatter,
+    )
+    info.add_argument("--list", action="store_true", help="list the installed pretrained tasks and sets")
+    _add_model_arguments(info)
+    info.set_defaults(func=run_info)
+
+    train = sub.add_parser(
+        "train",
+        help="how to train backbones and adapter sets (the example scripts)",
+        description="Print the accelerate commands of the two training phases for each task.",
+        formatter_class=_Formatter,
+    )
+    train.add_argument("--task", choices=(*TASKS, "all"), default="all", help="which task's recipe")
+    train.set_defaults(func=run_train)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lorun`` with ``argv`` (default ``sys.argv[1:]``); 0 on success, 2 on bad input."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # keep stderr for errors: no "Loading weights" bars
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lorun {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"lorun {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""Pretrained LoRun models shipped inside the package: one backbone per task and its adapter sets.
+
+The assets live under ``lorun_peft/assets/pretrained`` (or the folder named by the environment variable
+``LORUN_PRETRAINED_DIR``, or a ``root=`` argument), one folder per task::
+
+    <root>/<task>/backbone/{config.json, model.safetensors}     a phase-1 LoRunModel (mode "shared")
+    <root>/<task>/adapters/<set>/...                            adapter sets (LoRunModel.save_adapter_set)
+    <root>/<task>/manifest.json                                 optional: how they were trained
+
+``cs`` ships block CS sets ``ratio-10``, ``ratio-25``, ``ratio-50`` (each with its own learned Phi and
+steps), ``sr`` ships ``x2-k1`` and ``x4-k1`` (kernel K1 of ``kernels_12.mat`` at scale 2 / 4).
+:func:`load_pretrained` returns the backbone with all of its sets resident and one of them active;
+:func:`load_model` does the same for any backbone and adapter folder (or Hub id), and
+:func:`save_pretrained_assets` writes a model and its sets in this layout. See docs/pretrained.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lorun_peft.unfolding import LoRunModel
+
+__all__ = [
+    "DEFAULT_ADAPTER_SETS",
+    "PRETRAINED_ENV",
+    "PRETRAINED_TASKS",
+    "adapter_set_name",
+    "list_pretrained",
+    "load_model",
+    "load_pretrained",
+    "pretrained_dir",
+    "pretrained_root",
+    "read_manifest",
+    "save_pretrained_assets",
+]
+
+#: Environment variable that points at another asset root (same layout).
+PRETRAINED_ENV = "LORUN_PRETRAINED_DIR"
+#: Tasks a pretrained model may be shipped for, with a one-line description.
+PRETRAINED_TASKS = {
+    "cs": "block compressive sensing, gray, learned Phi (sets ratio-XX)",
+    "sr": "super-resolution with a blur kernel, RGB (sets x{scale}-k{kernel})",
+    "cassi": "SD-CASSI spectral snapshot imaging (sets mask-XX)",
+}
+#: The set :func:`load_pretrained` activates when none is named (if installed; else the first one).
+DEFAULT_ADAPTER_SETS = {"cs": "ratio-25", "sr": "x2-k1"}
+
+BACKBONE_DIR = "backbone"
+ADAPTERS_DIR = "adapters"
+MANIFEST = "manifest.json"
+_SET_FILE = "adapter_set.json"
+_BACKBONE_FILES = ("config.json", "model.safetensors")
+
+
+def pretrained_root(root: str | os.PathLike | None = None) -> Path:
+    """The asset root: ``root``, else ``$LORUN_PRETRAINED_DIR``, else ``lorun_peft/assets/pretrained``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(PRETRAINED_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent / "assets" / "pretrained"
+
+
+def _check_task(task: str) -> str:
+    if task not in PRETRAINED_TASKS:
+        raise ValueError(f"unknown pretrained task {task!r}; expected one of {sorted(PRETRAINED_TASKS)}")
+    return task
+
+
+def _installed(task_dir: Path) -> bool:
+    return all((task_dir / BACKBONE_DIR / name).is_file() for name in _BACKBONE_FILES)
+
+
+def _sets_in(folder: Path) -> list[str]:
+    return sorted(p.parent.name for p in folder.glob(f"*/{_SET_FILE}")) if folder.is_dir() else []
+
+
+def list_pretrained(root: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """Installed pretrained tasks and their adapter sets, e.g. ``{"cs": ["ratio-10", "ratio-25"]}``.
+
+    A task counts as installed when its backbone folder holds ``config.json`` and ``model.safetensors``.
+    """
+    base = pretrained_root(root)
+    return {
+        task: _sets_in(base / task / ADAPTERS_DIR) for task in PRETRAINED_TASKS if _installed(base / task)
+    }
+
+
+def pretrained_dir(task: str, root: str | os.PathLike | None = None) -> Path:
+    """The installed asset folder ``<root>/<task>``; ``FileNotFoundError`` when it is missing."""
+    task_dir = pretrained_root(root) / _check_task(task)
+    if not _installed(task_dir):
+        installed = sorted(list_pretrained(root))
+        raise FileNotFoundError(
+            f"pretrained {task!r} is not installed at {task_dir} (expected {BACKBONE_DIR}/config.json and "
+            f"{BACKBONE_DIR}/model.safetensors there; installed: {installed or 'none'}); set "
+            f"{PRETRAINED_ENV} (lorun: --pretrained-dir) or pass root=, or use your own model "
+            "(--backbone/--adapters)"
+        )
+    return task_dir
+
+
+def read_manifest(task: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The task's ``manifest.json`` (training facts written by whoever trained the assets), or ``{}``."""
+    path = pretrained_dir(task, root) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+def adapter_set_name(
+    task: str, ratio: float | None = None, scale: int | None = None, kernel: str | int | None = None
+) -> str:
+    """The conventional set name of a task mode: ``ratio-25`` (CS, ratio 0.25 or 25) or ``x4-k1`` (SR).
+
+    CS ratios above 1 are read as percent. SR kernels are ``K1``..``K12`` (or 1..12).
+    """
+    if task == "cs":
+        if ratio is None:
+            raise ValueError("a CS adapter set is named by its ratio: pass ratio (e.g. 0.25 or 25)")
+        percent = ratio * 100 if ratio <= 1 else ratio
+        if not 0 < percent <= 100:
+            raise ValueError(f"CS ratio must be in (0, 1] (or a percentage in (0, 100]), got {ratio!r}")
+        if abs(percent - round(percent)) > 1e-6:
+            raise ValueError(f"CS ratio {ratio!r} is not a whole percentage; pass the set name instead")
+        return f"ratio-{round(percent)}"
+    if task == "sr":
+        if scale is None:
+            raise ValueError("an SR adapter set is named by its scale and kernel: pass scale (2, 3 or 4)")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"SR scale must be a positive integer, got {scale!r}")
+        match = re.fullmatch(r"[kK]?(\d+)", str("K1" if kernel is None else kernel).strip())
+        if match is None or not 1 <= int(match.group(1)) <= 12:
+            raise ValueError(f"SR kernel must be K1..K12 (kernels_12.mat), got {kernel!r}")
+        return f"x{scale}-k{int(match.group(1))}"
+    raise ValueError(f"adapter set names are derived for 'cs' and 'sr' only, got task {task!r}")
+
+
+def load_model(
+    backbone: str | os.PathLike,
+    adapters: str | os.PathLike | None = None,
+    adapter_set: str | None = None,
+    *,
+    revision: str | None = None,
+) -> LoRunModel:
+    """A backbone (folder or Hub id) with adapter sets resident and ``adapter_set`` active, in eval mode.
+
+    ``adapters``: a set folder (holding ``adapter_set.json``: that one set is loaded), or a local folder
+    or Hub repo holding ``<set>/`` folders (all of them are loaded). ``adapter_set`` picks the active
+    set (``ValueError`` naming the available ones when it is not there); by default the first set.
+    Without ``adapters`` and with ``adapter_set``, the set is looked up beside the backbone.
+    """
+    from lorun_peft import hub
+    from lorun_peft.unfolding import LoRunModel
+
+    local = Path(backbone).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"backbone folder {local} has no config.json (expected a saved LoRunModel)")
+    if not local.exists() and not hub.is_hub_id(backbone):
+        raise FileNotFoundError(
+            f"backbone {str(backbone)!r} is neither a local folder nor a Hub id 'owner/name'"
+        )
+    model = LoRunModel.from_pretrained(backbone, revision=revision)
+    if adapters is None:
+        if adapter_set is not None:
+            model.load_adapter(adapter_set, revision=revision)
+        return model.eval()
+    path = Path(adapters).expanduser()
+    if path.is_dir() and (path / _SET_FILE).is_file():
+        name = model.load_adapter(path)
+        if adapter_set is not None and name != adapter_set:
+            raise ValueError(f"{path} holds adapter set {name!r}, not {adapter_set!r}")
+        return model.eval()
+    names = hub.list_adapter_sets(adapters, revision=revision)
+    if not names:
+        raise FileNotFoundError(f"no adapter sets (folders with {_SET_FILE}) in {adapters}")
+    if adapter_set is not None and adapter_set not in names:
+        raise ValueError(f"adapter set {adapter_set!r} is not in {adapters}; available: {', '.join(names)}")
+    for name in names:
+        model.load_adapter(adapters, name, revision=revision)
+    model.set_adapter_set(adapter_set or names[0])
+    return model.eval()
+
+
+def load_pretrained(
+    task: str = "cs", adapter_set: str | None = None, root: str | os.PathLike | None = None
+) -> LoRunModel:
+    """The shipped LoRun model of ``task``: backbone + all of its adapter sets, ``adapter_set`` active.
+
+    Without ``adapter_set`` the task's default (:data:`DEFAULT_ADAPTER_SETS`) is active, or the first set
+    when that one is not installed; a backbone shipped without sets comes back as a shared model. The
+    model is on the CPU in float32 and eval mode; ``model.set_adapter_set(name)`` swaps task modes and
+    ``with model.disable_adapters():`` runs the phase-1 backbone alone (Block-K-share). Raises
+    ``FileNotFoundError`` when the assets are not installed and ``ValueError`` for an unknown set.
+    """
+    task_dir = pretrained_dir(task, root)
+    adapters = task_dir / ADAPTERS_DIR
+    names = _sets_in(adapters)
+    if adapter_set is not None and adapter_set not in names:
+        raise ValueError(
+            f"pretrained {task!r} has no adapter set {adapter_set!r}; installed at {adapters}: "
+            f"{', '.join(names) or 'none'}"
+        )
+    if not names:
+        return load_model(task_dir / BACKBONE_DIR)
+    default = DEFAULT_ADAPTER_SETS.get(task)
+    active = adapter_set or (default if default in names else names[0])
+    return load_model(task_dir / BACKBONE_DIR, adapters, active)
+
+
+def save_pretrained_assets(
+    model: LoRunModel,
+    task: str,
+    root: str | os.PathLike | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s backbone and every resident adapter set as ``<root>/<task>/`` (the shipped layout).
+
+    The whole task folder is built in a temporary folder beside it and swapped in with ``os.replace``, so
+    a reader never sees half an asset tree. ``manifest`` (JSON-serialisable) becomes ``manifest.json``.
+    Returns the task folder.
+    """
+    _check_task(task)
+    if model.config.mode != "shared":
+        raise ValueError(f"pretrained assets hold a shared (phase-1) backbone, this model is {model.mode!r}")
+    base = pretrained_root(root)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / task
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task}.tmp-", dir=base))
+    try:
+        model.save_pretrained(tmp / BACKBONE_DIR)
+        for name in model.list_adapter_sets():
+            model.save_adapter_set(tmp / ADAPTERS_DIR, name)
+        if manifest is not None:
+            (tmp / MANIFEST).write_text(
+                json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not target.exists():
+        os.replace(tmp, target)
+        return target
+    old = Path(tempfile.mkdtemp(prefix=f".{task}.old-", dir=base))
+    os.replace(target, old / task)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / task, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,0 +1,266 @@
+"""The ``lorun`` command line against tiny pretrained assets (``LORUN_PRETRAINED_DIR``).
+
+Commands run in-process through ``lorun_peft.cli.main`` (fast); one test runs the installed console
+script in a subprocess to check the entry point and the one-line error on a real stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_pretrained import build_tiny_assets
+
+from lorun_peft.cli import main
+from lorun_peft.data.samples import load_sample_image
+from lorun_peft.metrics import cs_psnr, cs_ssim
+from lorun_peft.pretrained import PRETRAINED_ENV, load_pretrained
+
+ROW = re.compile(
+    r"^(?P<label>.+?)\s{2,}(?P<set>\S+)\s+(?P<ratio>[\d.]+ %)\s+(?P<psnr>-?[\d.]+)\s+(?P<ssim>-?[\d.]+)$"
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_assets(tmp_path_factory.mktemp("pretrained"))
+
+
+@pytest.fixture(autouse=True)
+def _pretrained_env(assets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PRETRAINED_ENV, str(assets))
+
+
+def _sample_png(path: Path, name: str, size: tuple[int, int], mode: str = "L") -> Path:
+    image = load_sample_image(name, mode)[:, : size[0], : size[1]]
+    array = (image * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(array[0] if mode == "L" else array.transpose(1, 2, 0)).save(path)
+    return path
+
+
+def _expected_cs(model, clean: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    generator = torch.Generator().manual_seed(seed)
+    y = model.physics.measure(clean, generator=generator)
+    restored = model.restore(y, image_size=tuple(clean.shape[-2:]))
+    return float(cs_psnr(restored, clean)), float(cs_ssim(restored, clean))
+
+
+def test_demo_end_to_end(tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "demo.png"
+    code = main(["demo", "--size", "64", "--output", str(output), "--other-ratio", "0.1", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "'camera' (64x64 centre crop)" in out
+    assert "own learned Phi" in out and "CS protocol" in out and "cs_psnr/cs_ssim" in out
+    rows = {(m["label"].strip(), m["set"]): m for m in map(ROW.match, out.splitlines()) if m}
+    assert list(rows) == [
+        ("initial estimate (Phi^T y)", "ratio-25"),
+        ("Block-2-share (backbone alone)", "phase-1"),
+        ("LoRun-2", "ratio-25"),
+        ("LoRun-2 (set swapped in)", "ratio-10"),
+        ("LoRun-2 (set swapped in)", "ratio-50"),
+    ]
+    assert [m["ratio"] for m in rows.values()] == ["25 %", "25 %", "25 %", "10 %", "50 %"]
+    # Numbers recomputed independently: each method measures the clean crop with its own physics.
+    image = load_sample_image("camera", "L")
+    top, left = (image.shape[-2] - 64) // 2, (image.shape[-1] - 64) // 2
+    clean = image[:, top : top + 64, left : left + 64].unsqueeze(0)
+    model = load_pretrained("cs", root=assets)
+    expected = {("LoRun-2", "ratio-25"): _expected_cs(model, clean)}
+    model.set_adapter_set("ratio-50")
+    expected[("LoRun-2 (set swapped in)", "ratio-50")] = _expected_cs(model, clean)
+    with model.disable_adapters():
+        expected[("Block-2-share (backbone alone)", "phase-1")] = _expected_cs(model, clean)
+    for key, (psnr, ssim) in expected.items():
+        assert float(rows[key]["psnr"]) == pytest.approx(psnr, abs=0.006)
+        assert float(rows[key]["ssim"]) == pytest.approx(ssim, abs=6e-5)
+    assert len({rows[key]["psnr"] for key in rows}) == 5  # every method gives its own result
+    assert re.search(r"done in \d+\.\d s", out)
+    with Image.open(output) as png:
+        assert png.format == "PNG"
+        assert png.size == (6 * 256 + 7 * 8, 30 + 256 + 8 + 22 + 256 + 8)  # 6 panels, captions, zoom row
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["restore"], ["evaluate"], ["info"], ["train"]])
+def test_help_exits_zero(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: lorun{' ' + command[0] if command else ''}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bogus"], "invalid choice"),
+        (["demo", "--size", "x"], "invalid int value"),
+        (["demo", "--size", "7"], "--size must be"),
+        (["demo", "--output", "demo.jpg"], "must end in .png"),
+        (["demo", "--image", "nope"], "unknown sample image"),
+        (["demo", "--other-ratio", "0.3"], "no adapter set ['ratio-30']"),
+        (["restore"], "required: input"),
+        (["restore", "missing.png"], "missing.png does not exist"),
+        (["restore", "{tmp}/notes.txt"], "cannot read notes.txt"),
+        (["restore", "{tmp}/img.png", "--ratio", "0.3"], "no adapter set 'ratio-30'"),
+        (["restore", "{tmp}/img.png", "--image-size", "3y"], "HxW"),
+        (["restore", "{tmp}/img.png", "--task", "sr", "--kernel", "K2"], "--kernel needs --scale"),
+        (["restore", "{tmp}/img.png", "--kernel", "K2"], "select an SR set, but the task is 'cs'"),
+        (["restore", "{tmp}/img.png", "--task", "cassi"], "pretrained 'cassi' is not installed"),
+        (["restore", "{tmp}/img.png", "--backbone", "{tmp}/nothing"], "neither a local folder nor a Hub id"),
+        (["info", "--backbone", "{tmp}"], "has no config.json"),
+        (["evaluate", "{tmp}/no-folder"], "does not exist"),
+        (["info", "--task", "sr", "--ratio", "0.25"], "--ratio selects a CS set"),
+        (["info", "--pretrained-dir", "{tmp}"], "pretrained 'cs' is not installed at"),
+        (["train", "--task", "denoise"], "invalid choice"),
+    ],
+)
+def test_errors_are_one_line_with_code_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    _sample_png(tmp_path / "img.png", "camera", (32, 32))
+    code = main([arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lorun") and "error:" in lines[0]
+    assert message in lines[0]
+
+
+def test_console_script_missing_assets(tmp_path: Path) -> None:
+    script = shutil.which("lorun", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the lorun console script is not installed next to this Python")
+    result = subprocess.run(
+        [script, "demo", "--pretrained-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"lorun demo: error: pretrained 'cs' is not installed at {tmp_path / 'cs'} (expected "
+        "backbone/config.json and backbone/model.safetensors there; installed: none); set "
+        "LORUN_PRETRAINED_DIR (lorun: --pretrained-dir) or pass root=, or use your own model "
+        "(--backbone/--adapters)"
+    ]
+
+
+def test_info_prints_sets_and_the_parameter_table(assets: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--ratio", "0.1"]) == 0
+    out = capsys.readouterr().out
+    model = load_pretrained("cs", "ratio-10", assets)
+    assert "mode: lorun | K = 2 | algorithm: pgd" in out
+    assert "adapter sets (3, active: ratio-10)" in out
+    for name, percent in (("ratio-10", "10 %"), ("ratio-25", "25 %"), ("ratio-50", "50 %")):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name))
+        assert f"ratio {percent}" in line and " paper " in line and " 50 " in line
+    assert "manifest note: tiny test model" in out
+    assert model.parameter_report().format() in out
+
+
+def test_info_list_and_own_backbone(assets: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "cs " in out and "ratio-10, ratio-25, ratio-50" in out and "x2-k1, x4-k1" in out
+    backbone = str(assets / "sr" / "backbone")
+    assert main(["info", "--backbone", backbone]) == 0
+    out = capsys.readouterr().out
+    assert "Block-2-share" in out and "mode: shared" in out and "adapter sets" not in out
+    assert "downsampling x2" in out
+
+
+def test_restore_image_then_saved_measurement(
+    tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = _sample_png(tmp_path / "cam.png", "camera", (40, 48))
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    measurement = tmp_path / "y.safetensors"
+    argv = [
+        "restore",
+        str(source),
+        "--ratio",
+        "0.5",
+        "--output",
+        str(first),
+        "--save-measurement",
+        str(measurement),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    clean = torch.from_numpy(np.asarray(Image.open(source), dtype=np.float32) / 255)[None, None]
+    psnr, _ = _expected_cs(load_pretrained("cs", "ratio-50", assets), clean)
+    assert re.search(rf"restored\s+PSNR\s+{psnr:.2f} dB", out)
+    # The saved measurement records its set and image size: restoring it needs no flags.
+    assert main(["restore", str(measurement), "--output", str(second)]) == 0
+    assert "simulated with adapter set 'ratio-50'" in capsys.readouterr().out
+    a, b = np.asarray(Image.open(first)), np.asarray(Image.open(second))
+    assert a.shape == (40, 48) and np.array_equal(a, b)
+    assert main(["restore", str(measurement), "--ratio", "0.25", "--output", str(second)]) == 2
+    assert "was simulated with adapter set 'ratio-50'" in capsys.readouterr().err
+
+
+def test_restore_npy_measurement_with_image_size(tmp_path: Path, assets: Path) -> None:
+    model = load_pretrained("cs", root=assets)
+    clean = torch.rand(1, 1, 20, 28, generator=torch.Generator().manual_seed(0))
+    y = model.physics.measure(clean)
+    np.save(tmp_path / "y.npy", y[0].numpy())
+    output = tmp_path / "out.png"
+    assert main(["restore", str(tmp_path / "y.npy"), "--image-size", "20x28", "--output", str(output)]) == 0
+    expected = (model.restore(y, image_size=(20, 28))[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(Image.open(output)), expected)
+
+
+def test_restore_sr_image_and_low_resolution_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = _sample_png(tmp_path / "rgb.png", "astronaut", (42, 50), mode="RGB")
+    output = tmp_path / "sr.png"
+    assert main(["restore", str(source), "--task", "sr", "--scale", "4", "--output", str(output)]) == 0
+    assert "SR protocol" in capsys.readouterr().out
+    assert Image.open(output).size == (48, 40)  # HR cropped to a multiple of 4
+    assert (
+        main(["restore", str(source), "--task", "sr", "--scale", "2", "--measured", "--output", str(output)])
+        == 0
+    )
+    with Image.open(output) as png:
+        assert png.size == (100, 84) and png.mode == "RGB"  # the image itself is the measurement: x2
+
+
+def test_evaluate_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    _sample_png(folder / "camera.png", "camera", (32, 40))
+    _sample_png(folder / "coffee.png", "coffee", (24, 24))
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", str(folder), "--output-dir", str(out_dir), "--stagewise", "--ratio", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "adapter set ratio-10" in out and "CS (ISTA-Net)" in out
+    with open(out_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == ["camera", "coffee", "average"]
+    for row in rows[:2]:
+        assert re.search(rf"^{row['name']}\s+{float(row['psnr']):.2f}\s+{float(row['ssim']):.4f}$", out, re.M)
+    assert (out_dir / "stagewise.png").is_file()
+    assert sorted(p.name for p in (out_dir / "images").iterdir()) == ["camera.png", "coffee.png"]
+
+
+def test_train_prints_both_phases(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train"]) == 0
+    out = capsys.readouterr().out
+    for task in ("cs", "sr", "cassi"):
+        assert f"accelerate launch examples/train_{task}.py --mode shared" in out
+        assert (
+            f"accelerate launch examples/train_{task}.py --mode lorun --backbone runs/{task}/backbone" in out
+        )
+    assert main(["train", "--task", "sr"]) == 0
+    out = capsys.readouterr().out
+    assert "train_sr.py" in out and "train_cs.py" not in out and "--scale 4" in out

@@ -1,0 +1,207 @@
+"""Shipped pretrained models: the asset layout, root selection, loading with every set resident, errors.
+
+The real assets are trained by the lead; these tests build tiny ones (block 8, K = 2, U-Net width 4) in a
+temporary folder with :func:`build_tiny_assets`, which ``tests/test_cli.py`` and ``tests/test_figures.py``
+reuse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorun_peft import BlockCS, BlurDownsample, LoRunModel, StageLoRAConfig, UNetConfig, UNetDenoiser
+from lorun_peft.physics import gaussian_kernel
+from lorun_peft.pretrained import (
+    PRETRAINED_ENV,
+    adapter_set_name,
+    list_pretrained,
+    load_model,
+    load_pretrained,
+    pretrained_root,
+    read_manifest,
+    save_pretrained_assets,
+)
+
+CS_SETS = {"ratio-10": 0.10, "ratio-25": 0.25, "ratio-50": 0.50}
+SR_SETS = {"x2-k1": 2, "x4-k1": 4}
+
+
+def _perturb_adapters(model: LoRunModel, seed: int) -> None:
+    """Random ``lora_B`` (it starts at zero), so every stage and every set computes something different."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def tiny_cs_model() -> LoRunModel:
+    """A shared block-CS backbone (25 %, block 8, K = 2) with sets ratio-10/25/50, each with its own Phi."""
+    torch.manual_seed(0)
+    denoiser = UNetDenoiser(UNetConfig(in_channels=1, out_channels=1, base_channels=4, depth=2))
+    model = LoRunModel.from_components(BlockCS(0.25, block_size=8), denoiser, num_stages=2)
+    for name, ratio in CS_SETS.items():
+        model.add_stage_adapters(name, StageLoRAConfig(num_stages=2, gamma=50), physics=BlockCS(ratio, 8))
+    _perturb_adapters(model, 1)
+    return model.eval()
+
+
+def tiny_sr_model() -> LoRunModel:
+    """A shared RGB SR backbone (5x5 Gaussian, x2, K = 2) with sets x2-k1 and x4-k1."""
+    torch.manual_seed(0)
+    kernel = gaussian_kernel(5, 1.0)
+    denoiser = UNetDenoiser(UNetConfig(in_channels=3, out_channels=3, base_channels=4, depth=2))
+    model = LoRunModel.from_components(BlurDownsample(kernel, 2), denoiser, num_stages=2)
+    for name, scale in SR_SETS.items():
+        config = StageLoRAConfig(num_stages=2, gamma=50)
+        model.add_stage_adapters(name, config, physics=BlurDownsample(kernel, scale))
+    _perturb_adapters(model, 2)
+    return model.eval()
+
+
+def build_tiny_assets(root: Path) -> Path:
+    """Write tiny ``cs`` and ``sr`` pretrained assets (with a manifest for cs) under ``root``."""
+    save_pretrained_assets(tiny_cs_model(), "cs", root, manifest={"note": "tiny test model", "K": 2})
+    save_pretrained_assets(tiny_sr_model(), "sr", root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_assets(tmp_path_factory.mktemp("pretrained"))
+
+
+def test_layout_and_listing(assets: Path) -> None:
+    for task, sets in (("cs", CS_SETS), ("sr", SR_SETS)):
+        assert (assets / task / "backbone" / "config.json").is_file()
+        assert (assets / task / "backbone" / "model.safetensors").is_file()
+        for name in sets:
+            assert (assets / task / "adapters" / name / "adapter_set.json").is_file()
+    assert list_pretrained(assets) == {"cs": sorted(CS_SETS), "sr": sorted(SR_SETS)}
+    assert read_manifest("cs", assets) == {"note": "tiny test model", "K": 2}
+    assert read_manifest("sr", assets) == {}
+    assert not list(assets.glob(".*")), "temporary folders were left behind"
+
+
+def test_root_from_argument_environment_and_package(
+    assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PRETRAINED_ENV, raising=False)
+    assert pretrained_root() == Path(__import__("lorun_peft").__file__).parent / "assets" / "pretrained"
+    monkeypatch.setenv(PRETRAINED_ENV, str(assets))
+    assert pretrained_root() == assets
+    assert sorted(list_pretrained()) == ["cs", "sr"]
+    assert list_pretrained(tmp_path) == {}  # an explicit root wins over the environment
+
+
+def test_load_pretrained_has_every_set_and_reproduces_the_saved_model(assets: Path) -> None:
+    original = tiny_cs_model()
+    model = load_pretrained("cs", root=assets)
+    assert model.mode == "lorun" and model.active_adapter_set == "ratio-25"
+    assert model.list_adapter_sets() == sorted(CS_SETS)
+    image = torch.rand(1, 1, 16, 24, generator=torch.Generator().manual_seed(3))
+    for name, ratio in CS_SETS.items():
+        model.set_adapter_set(name)
+        original.set_adapter_set(name)
+        assert model.physics.ratio == ratio
+        torch.testing.assert_close(model.physics.Phi, original.physics.Phi, rtol=0, atol=0)
+        y = original.physics.measure(image)
+        torch.testing.assert_close(
+            model.restore(y, image_size=(16, 24)), original.restore(y, image_size=(16, 24))
+        )
+    with model.disable_adapters(), original.disable_adapters():
+        torch.testing.assert_close(model.physics.Phi, original.task.physics.Phi, rtol=0, atol=0)
+        y = original.physics.measure(image)
+        torch.testing.assert_close(
+            model.restore(y, image_size=(16, 24)), original.restore(y, image_size=(16, 24))
+        )
+
+
+def test_load_pretrained_named_set_and_sr(assets: Path) -> None:
+    assert load_pretrained("cs", "ratio-10", assets).active_adapter_set == "ratio-10"
+    sr = load_pretrained("sr", root=assets)
+    assert sr.active_adapter_set == "x2-k1" and sr.physics.scale == 2
+    sr.set_adapter_set("x4-k1")
+    assert sr.physics.scale == 4
+
+
+def test_missing_assets_and_unknown_names(assets: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"pretrained 'cs' is not installed at .*cs"):
+        load_pretrained("cs", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="pretrained 'cassi' is not installed"):
+        load_pretrained("cassi", root=assets)
+    with pytest.raises(ValueError, match=r"no adapter set 'ratio-30'.*ratio-10, ratio-25, ratio-50"):
+        load_pretrained("cs", "ratio-30", assets)
+    with pytest.raises(ValueError, match="unknown pretrained task 'denoise'"):
+        load_pretrained("denoise", root=assets)
+
+
+def test_backbone_without_sets_loads_as_shared(tmp_path: Path) -> None:
+    model = tiny_cs_model()
+    for name in list(CS_SETS):
+        model.delete_adapter_set(name)
+    save_pretrained_assets(model, "cs", tmp_path)
+    assert list_pretrained(tmp_path) == {"cs": []}
+    assert load_pretrained("cs", root=tmp_path).mode == "shared"
+
+
+def test_save_replaces_the_task_folder_as_a_whole(tmp_path: Path) -> None:
+    model = tiny_cs_model()
+    save_pretrained_assets(model, "cs", tmp_path, manifest={"run": 1})
+    stale = tmp_path / "cs" / "adapters" / "stale-set"
+    stale.mkdir()
+    model.delete_adapter_set("ratio-50")
+    save_pretrained_assets(model, "cs", tmp_path, manifest={"run": 2})
+    assert list_pretrained(tmp_path) == {"cs": ["ratio-10", "ratio-25"]}
+    assert not stale.exists()
+    assert json.loads((tmp_path / "cs" / "manifest.json").read_text()) == {"run": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cs"]
+
+
+def test_load_model_from_a_set_folder_or_a_folder_of_sets(assets: Path) -> None:
+    backbone = assets / "cs" / "backbone"
+    one = load_model(backbone, assets / "cs" / "adapters" / "ratio-50")
+    assert one.list_adapter_sets() == ["ratio-50"] and one.active_adapter_set == "ratio-50"
+    every = load_model(backbone, assets / "cs" / "adapters", "ratio-10")
+    assert every.list_adapter_sets() == sorted(CS_SETS) and every.active_adapter_set == "ratio-10"
+    with pytest.raises(ValueError, match="not 'ratio-25'"):
+        load_model(backbone, assets / "cs" / "adapters" / "ratio-50", "ratio-25")
+    with pytest.raises(ValueError, match="'ratio-99' is not in"):
+        load_model(backbone, assets / "cs" / "adapters", "ratio-99")
+    with pytest.raises(ValueError, match="fingerprint"):  # SR sets do not fit the CS backbone
+        load_model(backbone, assets / "sr" / "adapters" / "x2-k1")
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "expected"),
+    [
+        ("cs", {"ratio": 0.25}, "ratio-25"),
+        ("cs", {"ratio": 25}, "ratio-25"),
+        ("cs", {"ratio": 0.1}, "ratio-10"),
+        ("sr", {"scale": 4}, "x4-k1"),
+        ("sr", {"scale": 2, "kernel": "K12"}, "x2-k12"),
+        ("sr", {"scale": 3, "kernel": 5}, "x3-k5"),
+    ],
+)
+def test_adapter_set_names(task: str, kwargs: dict, expected: str) -> None:
+    assert adapter_set_name(task, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "message"),
+    [
+        ("cs", {}, "pass ratio"),
+        ("cs", {"ratio": 0.333}, "not a whole percentage"),
+        ("cs", {"ratio": 0}, r"\(0, 1\]"),
+        ("sr", {"scale": 2, "kernel": "K13"}, "K1..K12"),
+        ("sr", {}, "pass scale"),
+        ("cassi", {}, "'cs' and 'sr' only"),
+    ],
+)
+def test_adapter_set_name_errors(task: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        adapter_set_name(task, **kwargs)
