@@ -15,8 +15,6 @@ per unfolding pass and nothing but the image is ever needed.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +22,8 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+
+from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 
 
 @strict
@@ -156,16 +156,9 @@ class DenoiserPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
-        problems = [
-            f"{kind.replace('_', ' ')}: {sorted(str(k) for k in info[kind])}"
-            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-            if info.get(kind)
-        ]
-        if problems:
-            raise ValueError(
-                f"checkpoint {pretrained_model_name_or_path!s} does not match {cls.__name__} "
-                f"({model.config.model_type}): " + "; ".join(problems)
-            )
+        raise_on_loading_problems(
+            info, pretrained_model_name_or_path, f"{cls.__name__} ({model.config.model_type})"
+        )
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
@@ -177,18 +170,9 @@ class DenoiserPreTrainedModel(PreTrainedModel):
         if kwargs.get("push_to_hub"):
             super().save_pretrained(save_directory, **kwargs)
             return
-        target = Path(save_directory)
-        if target.is_file():
-            raise ValueError(f"save_directory {target} is a file; expected a folder")
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target, prefix=".tmp-save-") as tmp:
-            super().save_pretrained(tmp, **kwargs)
-            written = {p.name for p in Path(tmp).iterdir()}
-            for stale in target.glob("model*.safetensors*"):
-                if stale.name not in written:
-                    stale.unlink()
-            for name in written:
-                os.replace(Path(tmp) / name, target / name)
+        save_atomically(
+            save_directory, lambda tmp: super(DenoiserPreTrainedModel, self).save_pretrained(tmp, **kwargs)
+        )
 
 
 def denoiser_from_config(config_dict: dict[str, Any]) -> DenoiserPreTrainedModel:

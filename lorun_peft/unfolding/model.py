@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from transformers.utils import ModelOutput
 from lorun_peft import hub
 from lorun_peft.denoisers import DenoiserPreTrainedModel, denoiser_from_config
 from lorun_peft.physics import LinearOperator, physics_from_config
+from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 from lorun_peft.tuners import (
     ParameterReport,
     StageLoRAConfig,
@@ -655,20 +655,9 @@ class LoRunModel(PreTrainedModel):
         push_kwargs = {key: kwargs.pop(key) for key in _PUSH_KWARGS if key in kwargs}
         if self.mode == "lorun":
             kwargs.setdefault("state_dict", self.backbone_state_dict())
-        target = Path(save_directory)
-        if target.is_file():
-            raise ValueError(f"save_directory {target} is a file; expected a folder")
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target, prefix=".tmp-save-") as tmp:
-            super().save_pretrained(tmp, **kwargs)
-            written = {p.name for p in Path(tmp).iterdir()}
-            for stale in target.glob("model*.safetensors*"):
-                if stale.name not in written:
-                    stale.unlink()
-            for name in written:
-                os.replace(Path(tmp) / name, target / name)
+        save_atomically(save_directory, lambda tmp: super(LoRunModel, self).save_pretrained(tmp, **kwargs))
         if push:
-            self.push_to_hub(push_kwargs.pop("repo_id", None) or target.name, **push_kwargs)
+            self.push_to_hub(push_kwargs.pop("repo_id", None) or Path(save_directory).name, **push_kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
@@ -680,14 +669,5 @@ class LoRunModel(PreTrainedModel):
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
-        problems = [
-            f"{kind.replace('_', ' ')}: {sorted(str(k) for k in info[kind])}"
-            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-            if info.get(kind)
-        ]
-        if problems:
-            raise ValueError(
-                f"checkpoint {pretrained_model_name_or_path!s} does not match LoRunModel: "
-                + "; ".join(problems)
-            )
+        raise_on_loading_problems(info, pretrained_model_name_or_path, "LoRunModel")
         return (model, info) if want_info else model
