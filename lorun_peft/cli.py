@@ -772,8 +772,20 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _silence_stdout() -> None:
+    """Point stdout at devnull so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a real descriptor
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lorun`` with ``argv`` (default ``sys.argv[1:]``); 0 on success, 2 on bad input."""
+    """Run ``lorun`` with ``argv`` (default ``sys.argv[1:]``); 0 on success, 2 on bad input.
+
+    A closed output pipe ends the command quietly with 1 (Python's advice for ``EPIPE``).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -785,6 +797,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stderr for errors: no "Loading weights" bars
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader left (``lorun info | head``): not a bad input, so no error line
+        _silence_stdout()
+        return 1
     except (ValueError, OSError) as error:
         print(f"lorun {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

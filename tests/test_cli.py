@@ -264,3 +264,21 @@ def test_train_prints_both_phases(capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--task", "sr"]) == 0
     out = capsys.readouterr().out
     assert "train_sr.py" in out and "train_cs.py" not in out and "--scale 4" in out
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone away (``lorun train | head -1``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_closed_output_pipe_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["train", "--task", "cs"]) == 1
+    assert capsys.readouterr().err == ""  # no "lorun train: error: [Errno 32] Broken pipe" line

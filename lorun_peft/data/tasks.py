@@ -605,10 +605,6 @@ def run_training(
             mode=model_args.mode,
             step_init=model_args.step_init,
         )
-    if not model.denoisers[0].config.noise_level_map:
-        # lambda_k only reaches the output through sigma_k (the noise-level map); unused, it would make
-        # DDP fail ("parameters that were not used in producing loss"), so it is frozen.
-        model.steps.raw_lambda.requires_grad_(False)
     eval_fn = _eval_fn(task, task_args, data, model_args.smoke)
     result = train(model, source, training, eval_fn=eval_fn)
     model = result.model

@@ -1,4 +1,4 @@
-"""The evaluation command: ``examples/evaluate.py`` today, ``lorun evaluate`` later.
+"""The evaluation command of ``examples/evaluate.py`` (``lorun evaluate`` has its own flags, docs/cli.md).
 
 :class:`EvaluateArguments` (an ``HfArgumentParser`` dataclass) names a backbone (block, shared, or shared
 plus ``--adapter_set``), the test data and the output folder; :func:`run_evaluation` loads the model, picks

@@ -10,9 +10,10 @@ adapter set's CS ratio, SR kernel and scale, or CASSI mask), restores it and sco
   (:func:`~lorun_peft.metrics.cassi_psnr` / ``cassi_ssim``); the cube's side must fit the mask, which is
   fixed (not learned), so a model trained on mask crops is evaluated with the full mask (``mask=``).
 
-Restored images are saved as PNG (cubes: a pseudo-colour PNG and an ``.npz``), and ``stagewise=True``
-adds the PSNR of every stage. :func:`reconstruct_real_cassi` restores real TSA measurements (no ground
-truth). The example ``examples/evaluate.py`` and a future ``lorun evaluate`` only call these functions.
+Restored images are saved as PNG (cubes: the :func:`lorun_peft.figures.cassi_to_rgb` pseudo-colour PNG
+and an ``.npz``), and ``stagewise=True`` adds the PSNR of every stage. :func:`reconstruct_real_cassi`
+restores real TSA measurements (no ground truth). The example ``examples/evaluate.py`` and
+``lorun evaluate`` only call these functions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lorun_peft import metrics
 from lorun_peft.data.cubes import CUBE_EXTENSIONS, KAIST_WAVELENGTHS_28, load_cube, read_cube_wavelengths
 from lorun_peft.data.images import image_to_tensor
 from lorun_peft.data.tasks import PHYSICS_TASK, TASK_CHANNELS, cube_wavelengths, load_images
+from lorun_peft.figures import cassi_to_rgb
 
 from .report import EvaluationReport, ItemResult, write_atomic
 
@@ -41,7 +43,6 @@ __all__ = [
     "evaluate_folder",
     "evaluate_items",
     "load_test_items",
-    "pseudo_rgb",
     "reconstruct_real_cassi",
     "save_restored",
     "task_of",
@@ -263,26 +264,6 @@ def evaluate_folder(
 
 
 # ---------------------------------------------------------------------------------------------- images
-def pseudo_rgb(cube: Tensor, wavelengths: Sequence[float] | None = None) -> Tensor:
-    """``(C, H, W)`` cube -> ``(3, H, W)`` display RGB in [0, 1].
-
-    Each band adds to R, G, B with Gaussian weights centred at 610, 540 and 465 nm (45 nm wide); the
-    result is scaled so its 99.5th percentile is 1, then gamma-encoded (1/2.2). For display only.
-    """
-    if cube.ndim != 3:
-        raise ValueError(f"expected a (C, H, W) cube, got shape {tuple(cube.shape)}")
-    bands = cube.shape[0]
-    wavelengths = torch.tensor(cube_wavelengths(bands) if wavelengths is None else list(wavelengths))
-    if wavelengths.numel() != bands:
-        raise ValueError(f"{wavelengths.numel()} wavelengths for a cube of {bands} bands")
-    centres = torch.tensor([610.0, 540.0, 465.0], dtype=torch.float64)
-    weights = torch.exp(-0.5 * ((wavelengths.double()[None] - centres[:, None]) / 45.0) ** 2)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    rgb = torch.einsum("rc,chw->rhw", weights, cube.detach().cpu().double().clamp_min(0))
-    peak = torch.quantile(rgb.flatten()[:: max(1, rgb.numel() // 100_000)], 0.995).clamp_min(1e-12)
-    return (rgb / peak).clamp(0, 1).pow(1 / 2.2).float()
-
-
 def _png_bytes(image: Tensor) -> bytes:
     array = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
@@ -292,7 +273,11 @@ def _png_bytes(image: Tensor) -> bytes:
 
 
 def save_restored(image: Tensor, folder: Path, name: str, task: str) -> list[Path]:
-    """Save one restored ``(C, H, W)`` item as ``<name>.png`` (cubes: pseudo-colour PNG + ``<name>.npz``)."""
+    """Save one restored ``(C, H, W)`` item as ``<name>.png`` (cubes: pseudo-colour PNG + ``<name>.npz``).
+
+    The cube's PNG is :func:`lorun_peft.figures.cassi_to_rgb` (each band in its wavelength's colour),
+    clipped to [0, 1]: the same mapping as ``lorun restore`` and the comparison figures.
+    """
     if task != "cassi":
         return [write_atomic(folder / f"{name}.png", _png_bytes(image))]
     cube = image.detach().cpu().float()
@@ -303,7 +288,7 @@ def save_restored(image: Tensor, folder: Path, name: str, task: str) -> list[Pat
         wavelengths_nm=np.asarray(cube_wavelengths(cube.shape[0]), dtype=np.float32),
     )
     return [
-        write_atomic(folder / f"{name}.png", _png_bytes(pseudo_rgb(cube))),
+        write_atomic(folder / f"{name}.png", _png_bytes(cassi_to_rgb(cube))),
         write_atomic(folder / f"{name}.npz", buffer.getvalue()),
     ]
 

@@ -175,6 +175,7 @@ class LoRunModel(PreTrainedModel):
         self._active_set: str | None = None
         self._adapters_disabled = False
         self.post_init()
+        self._freeze_unused_lambda(self.task)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Steps start at ``step_init``; denoisers and physics keep their own initialisation.
@@ -247,6 +248,28 @@ class LoRunModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ state
     @property
+    def uses_noise_level(self) -> bool:
+        """Whether the denoiser takes ``sigma_k`` (``noise_level_map=True``): ``lambda_k``'s only path."""
+        return bool(self.denoisers[0].config.noise_level_map)
+
+    def _freeze_unused_lambda(self, task: TaskParameters) -> None:
+        """Freeze ``task``'s ``lambda_k`` when the denoiser has no noise-level map.
+
+        ``lambda_k`` reaches the output only through ``sigma_k``; without a map it would be a trainable
+        parameter that never gets a gradient, which DDP rejects ("parameters that were not used in
+        producing loss") and optimisers carry for nothing.
+        """
+        if not self.uses_noise_level:
+            task.steps.raw_lambda.requires_grad_(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> LoRunModel:
+        """``nn.Module.requires_grad_`` that keeps an unused ``lambda_k`` frozen (``uses_noise_level``)."""
+        super().requires_grad_(requires_grad)
+        for task in (self.task, *self.adapter_tasks.values()):
+            self._freeze_unused_lambda(task)
+        return self
+
+    @property
     def mode(self) -> str:
         """``"block"``, ``"shared"``, or ``"lorun"`` (a shared backbone with at least one adapter set)."""
         return "lorun" if len(self.adapter_tasks) else self.config.mode
@@ -311,7 +334,7 @@ class LoRunModel(PreTrainedModel):
                 (block CS with sides that are not multiples of the block); defaults to the labels' size.
         """
         task = self.active_task
-        sigmas = task.steps.sigma() if self.denoisers[0].config.noise_level_map else None
+        sigmas = task.steps.sigma() if self.uses_noise_level else None
         if image_size is None and labels is not None:
             image_size = tuple(labels.shape[-2:])
         x = task.physics.init(measurement)
@@ -429,6 +452,7 @@ class LoRunModel(PreTrainedModel):
         reference = self.task.steps.raw_lambda
         task = task.to(device=reference.device, dtype=reference.dtype)
         task.requires_grad_(trainable)
+        self._freeze_unused_lambda(task)
         self.adapter_tasks[name] = task
 
     def add_stage_adapters(
@@ -670,4 +694,5 @@ class LoRunModel(PreTrainedModel):
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
         raise_on_loading_problems(info, pretrained_model_name_or_path, "LoRunModel")
+        model._freeze_unused_lambda(model.task)  # loading replaces the parameters built in __init__
         return (model, info) if want_info else model

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lorun_peft import metrics
 from lorun_peft.data.tasks import build_denoiser, synthetic_cube
@@ -16,10 +17,11 @@ from lorun_peft.evaluation import (
     ItemResult,
     evaluate_items,
     load_test_items,
-    pseudo_rgb,
     reconstruct_real_cassi,
+    save_restored,
     task_of,
 )
+from lorun_peft.figures import cassi_to_rgb
 from lorun_peft.physics import CASSI, BlockCS, BlurDownsample, gaussian_kernel
 from lorun_peft.unfolding import LoRunModel
 
@@ -87,7 +89,7 @@ def test_report_files(tmp_path):
         ],
     )
     paths = report.save(tmp_path)
-    rows = list(csv.reader(paths["csv"].open()))
+    rows = list(csv.reader(paths["csv"].read_text().splitlines()))
     assert rows[0] == ["name", "psnr", "ssim", "shape"]
     assert rows[-1][:3] == ["average", "25.0000", "0.700000"]
     data = json.loads(paths["json"].read_text())
@@ -99,11 +101,23 @@ def test_report_files(tmp_path):
     assert set(without.save(tmp_path / "plain")) == {"csv", "json"}
 
 
-def test_pseudo_rgb_follows_the_spectrum():
-    red = torch.zeros(28, 4, 4)
-    red[-4:] = 1.0  # 614-648 nm only
-    rgb = pseudo_rgb(red)
-    assert rgb.shape == (3, 4, 4) and rgb[0].mean() > 2 * rgb[2].mean()
+def test_saved_cube_png_is_the_figures_wavelength_pseudo_colour(tmp_path):
+    cube = _image(28, 6, 5)
+    cube[:, :2] = 1.5  # a flat spectrum above 1: grey 1.5, clipped to 255 in the PNG
+    png, npz = save_restored(cube, tmp_path, "scene", "cassi")
+    assert (png.name, npz.name) == ("scene.png", "scene.npz")
+    with Image.open(png) as image:
+        saved = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
+    expected = (cassi_to_rgb(cube).clamp(0, 1) * 255).round()
+    assert saved.shape == (3, 6, 5) and torch.equal(saved, expected)
+    assert bool((saved[:, :2] == 255).all())
+    red_only = torch.zeros(28, 2, 2)
+    red_only[-4:] = 1.0
+    save_restored(red_only, tmp_path, "red", "cassi")
+    with Image.open(tmp_path / "red.png") as image:
+        red, green, blue = np.array(image)[0, 0].tolist()
+    assert red > 4 * green and blue == 0  # 614-648 nm: red with a little green, no blue
+    np.testing.assert_array_equal(np.load(npz)["cube"], cube.permute(1, 2, 0).numpy())
 
 
 def test_load_test_items_cubes(tmp_path):
