@@ -25,8 +25,8 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check lorun_peft tests examples benchmarks
-	$(VENV)/bin/ruff format --check lorun_peft tests examples benchmarks
+	$(VENV)/bin/ruff check lorun_peft tests examples benchmarks scripts
+	$(VENV)/bin/ruff format --check lorun_peft tests examples benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info

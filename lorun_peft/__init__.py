@@ -16,6 +16,7 @@ from .denoisers import (
 )
 from .metrics import psnr, ssim
 from .physics import CASSI, BlockCS, BlurDownsample, Denoising, LinearOperator, physics_from_config
+from .pretrained import load_pretrained
 from .training import UnfoldingTrainingConfig, train
 from .tuners import StageLoRAConfig, parameter_report, stage
 from .unfolding import LoRunConfig, LoRunModel, LoRunOutput
@@ -39,6 +40,7 @@ __all__ = [
     "UNetConfig",
     "UNetDenoiser",
     "UnfoldingTrainingConfig",
+    "load_pretrained",
     "parameter_report",
     "physics_from_config",
     "psnr",
