@@ -680,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         metavar="R",
-        default=[0.10],
+        default=[0.10, 0.50],
         help="ratio(s) of the set(s) swapped in afterwards (ratio-10, ratio-50 ...)",
     )
     demo.add_argument(
