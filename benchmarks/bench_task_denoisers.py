@@ -241,7 +241,11 @@ def train_cassi(args, root: Path) -> None:
     for name, denoiser in (("ssr", SSRDenoiser(SSRConfig())), ("unet", UNetDenoiser(unet_cfg))):
         torch.manual_seed(args.seed)
         patch_mask = mask[: args.patch, : args.patch]
-        model = LoRunModel.from_components(CASSI(patch_mask), denoiser, num_stages=args.stages, mode="shared")
+        # HQS, as the paper does for CASSI: its data step is stable for any mu, while a PGD step of
+        # rho = 0.5 exceeds 2 / ||Phi||^2 for a 28-band mask and diverges until rho is learned down.
+        model = LoRunModel.from_components(
+            CASSI(patch_mask), denoiser, num_stages=args.stages, algorithm="hqs", mode="shared"
+        )
         rng = np.random.default_rng(args.seed)
 
         def batches(model=model, rng=rng):
@@ -251,7 +255,9 @@ def train_cassi(args, root: Path) -> None:
 
         steps = _train(model, batches(), args.train_budget_seconds, args.lr)
         test_mask = _center_crop(mask, args.eval_crop)
-        evaluator = LoRunModel.from_components(CASSI(test_mask), model.denoisers[0], num_stages=args.stages)
+        evaluator = LoRunModel.from_components(
+            CASSI(test_mask), model.denoisers[0], num_stages=args.stages, algorithm="hqs"
+        )
         evaluator.task.steps.load_state_dict(model.task.steps.state_dict())
         evaluator.eval()
         with torch.inference_mode():

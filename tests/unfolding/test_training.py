@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from unfolding_helpers import train_adam as train
 
 from lorun_peft.denoisers import UNetConfig, UNetDenoiser
 from lorun_peft.physics import BlockCS
@@ -22,23 +23,6 @@ def training_images() -> torch.Tensor:
         return sample_patches(8, 32, generator=generator)
     coarse = torch.rand(8, 1, 8, 8, generator=generator)
     return torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
-
-
-def train(model: LoRunModel, images: torch.Tensor, steps: int) -> tuple[float, float]:
-    """Adam on the trainable parameters; returns the loss before and after (same batch, no grad)."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-
-    def loss() -> torch.Tensor:
-        return model(model.physics.measure(images), labels=images).loss
-
-    with torch.no_grad():
-        before = loss().item()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
-    with torch.no_grad():
-        return before, loss().item()
 
 
 def test_phase1_shared_then_phase2_lorun_lower_the_loss_and_phase2_leaves_the_backbone_alone():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from unfolding_helpers import train_adam
 
 from lorun_peft.denoisers import UNetConfig, UNetDenoiser
 from lorun_peft.physics import CASSI, BlockCS, BlurDownsample, synthetic_kernels_12
@@ -40,23 +41,6 @@ def _task(task: str):
     return BlurDownsample(kernel, scale=int(task[2:])), images
 
 
-def _train(model: LoRunModel, images: torch.Tensor, steps: int, lr: float) -> tuple[float, float]:
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    generator = torch.Generator().manual_seed(1)
-
-    def loss() -> torch.Tensor:
-        return model(model.physics.measure(images, noise_sigma=0.0, generator=generator), labels=images).loss
-
-    with torch.no_grad():
-        before = loss().item()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
-    with torch.no_grad():
-        return before, loss().item()
-
-
 @pytest.mark.parametrize("algorithm", ["pgd", "hqs"])
 @pytest.mark.parametrize("task", ["cs", "cassi", "sr2", "sr4"])
 def test_two_phases_lower_the_loss_and_the_set_reloads_exactly(task, algorithm, tmp_path):
@@ -67,13 +51,13 @@ def test_two_phases_lower_the_loss_and_the_set_reloads_exactly(task, algorithm, 
     denoiser = UNetDenoiser(UNetConfig(in_channels=channels, out_channels=channels, base_channels=8, depth=2))
     model = LoRunModel.from_components(physics, denoiser, num_stages=3, algorithm=algorithm, mode="shared")
 
-    start, phase1 = _train(model, images, steps=30, lr=2e-3)
+    start, phase1 = train_adam(model, images, steps=30, lr=2e-3)
     assert phase1 < 0.4 * start, f"phase 1 did not learn: {start:.4g} -> {phase1:.4g}"
     model.save_pretrained(tmp_path / "backbone")
     backbone = {k: v.clone() for k, v in model.backbone_state_dict().items()}
 
     model.add_stage_adapters("set", StageLoRAConfig(num_stages=3, gamma=25))
-    before, phase2 = _train(model, images, steps=40, lr=5e-3)
+    before, phase2 = train_adam(model, images, steps=40, lr=5e-3)
     assert before == pytest.approx(phase1, rel=1e-6), "phase 2 starts exactly at the phase-1 model"
     assert phase2 < 0.85 * before, f"phase 2 did not learn: {before:.4g} -> {phase2:.4g}"
     assert all(torch.equal(model.backbone_state_dict()[k], v) for k, v in backbone.items())

@@ -59,3 +59,20 @@ def make_model(
     with torch.no_grad():
         measurement = physics.measure(images)
     return model, images, measurement
+
+
+def train_adam(model: LoRunModel, images: torch.Tensor, steps: int, lr: float = 2e-3) -> tuple[float, float]:
+    """Adam on the trainable parameters on one fixed batch; the eq. 13 loss before and after (no grad)."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def loss() -> torch.Tensor:
+        return model(model.physics.measure(images), labels=images).loss
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    with torch.no_grad():
+        return before, loss().item()
