@@ -18,6 +18,7 @@ from .cubes import (
     tiles,
 )
 from .images import IMAGE_EXTENSIONS, RandomPatchDataset, image_to_tensor, load_image_folder
+from .mask_crops import RandomMaskCrops
 from .samples import list_sample_images, load_sample_image, sample_image_path, sample_patches
 from .transforms import dihedral
 
@@ -26,6 +27,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "KAIST_WAVELENGTHS_28",
     "CubePatchDataset",
+    "RandomMaskCrops",
     "RandomPatchDataset",
     "dihedral",
     "image_to_tensor",

@@ -29,11 +29,14 @@ from torch import Tensor
 
 from lorun_peft.data.cubes import CAVE_WAVELENGTHS_31, KAIST_WAVELENGTHS_28, CubePatchDataset
 from lorun_peft.data.images import RandomPatchDataset, load_image_folder
+from lorun_peft.data.mask_crops import RandomMaskCrops
 from lorun_peft.data.samples import load_sample_image
 
 TASKS = ("cs", "sr", "cassi")
 DENOISERS = ("unet", "transformer", "resunet", "ssr", "cppnet")
 MODES = ("shared", "block", "lorun")
+#: ``--adapter_init`` choices -> StageLoRAConfig.init_lora_weights.
+ADAPTER_INITS = {"gaussian": "gaussian", "kaiming": True}
 
 #: Default data, relative to the data root (``<repo>/../shared/data`` or ``$LORUN_DATA_DIR``).
 DEFAULT_TRAIN_DATA = {"cs": "Train400", "sr": "BSDS500_train200", "cassi": "CASSI/cubes"}
@@ -189,6 +192,20 @@ class ModelArguments:
     )
     step_init: float = field(default=0.5, metadata={"help": "Initial rho_k/mu_k and lambda_k (paper: 0.5)."})
     gamma: float = field(default=10.0, metadata={"help": "LoRA rank factor of eq. 12, percent (paper: 10)."})
+    adapter_init: str = field(
+        default="gaussian",
+        metadata={
+            "help": "Phase 2: init of each lora_A, gaussian (std 1/r, the paper's) | kaiming (PEFT's "
+            "default); lora_B starts at 0 either way, so phase 2 starts exactly at the backbone."
+        },
+    )
+    train_adapters: bool = field(
+        default=True,
+        metadata={
+            "help": "Phase 2: train the stage adapters. False trains only the set's task parameters "
+            "(step sizes, a learned Phi) with the adapters left at 0: an ablation of what LoRA adds."
+        },
+    )
     push_to_hub: bool = field(
         default=False, metadata={"help": "Push the backbone (phase 1) or adapter set (phase 2) to the Hub."}
     )
@@ -208,6 +225,10 @@ class ModelArguments:
             raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.denoiser not in DENOISERS:
             raise ValueError(f"--denoiser must be one of {DENOISERS}, got {self.denoiser!r}")
+        if self.adapter_init not in ADAPTER_INITS:
+            raise ValueError(
+                f"--adapter_init must be one of {tuple(ADAPTER_INITS)}, got {self.adapter_init!r}"
+            )
         if self.mode == "lorun" and not self.backbone:
             raise ValueError("--mode lorun needs --backbone DIR (the phase-1 model saved by --mode shared)")
         if self.mode != "lorun" and self.backbone:
@@ -357,14 +378,30 @@ def build_physics(task: str, task_args: TaskArguments, patch_size: int, smoke: b
         return physics, f"SR x{task_args.scale}, kernel {task_args.kernel.upper()} from {source}"
     mask, source = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed)
     crop = crop_mask(mask, patch_size, seed)
-    where = (
-        "whole mask" if crop.shape == mask.shape else f"random {patch_size}x{patch_size} crop (seed {seed})"
-    )
+    where = "whole mask"
+    if crop.shape != mask.shape:
+        where = f"a new random {patch_size}x{patch_size} crop per batch"
     physics = CASSI(crop, step=task_args.dispersion_step)
     return (
         physics,
         f"CASSI {task_args.bands} bands, step {task_args.dispersion_step}, mask {source} ({where})",
     )
+
+
+def build_physics_sampler(
+    task: str, task_args: TaskArguments, patch_size: int, smoke: bool = False, seed: int = 0
+) -> RandomMaskCrops | None:
+    """CASSI with a mask larger than the patches: a :class:`RandomMaskCrops` (a new crop per batch).
+
+    ``None`` for CS and SR, and for a mask exactly the patch size.
+    """
+    if task != "cassi":
+        return None
+    mask, _ = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed)
+    crop_mask(mask, patch_size, seed)  # the clear error for a patch larger than the mask
+    if tuple(mask.shape) == (patch_size, patch_size):
+        return None
+    return RandomMaskCrops(mask, patch_size)
 
 
 def default_set_name(task: str, task_args: TaskArguments) -> str:
@@ -584,11 +621,17 @@ def run_training(
             raise ValueError(f"--backbone {model_args.backbone} was trained for {expected!r}, not {task!r}")
         set_name = model_args.adapter_set_name or default_set_name(task, task_args)
         keep = task == "cs" and model.task.physics.get_config() == physics.get_config()
-        model.add_stage_adapters(
+        adapter_names = model.add_stage_adapters(
             set_name,
-            StageLoRAConfig(num_stages=model.config.num_stages, gamma=model_args.gamma),
+            StageLoRAConfig(
+                num_stages=model.config.num_stages,
+                gamma=model_args.gamma,
+                init_lora_weights=ADAPTER_INITS[model_args.adapter_init],
+            ),
             physics=None if keep else physics.to(model.dtype),
         )
+        if not model_args.train_adapters:
+            freeze_adapters(model, adapter_names)
     else:
         denoiser = build_denoiser(
             model_args.denoiser,
@@ -606,7 +649,8 @@ def run_training(
             step_init=model_args.step_init,
         )
     eval_fn = _eval_fn(task, task_args, data, model_args.smoke)
-    result = train(model, source, training, eval_fn=eval_fn)
+    sampler = build_physics_sampler(task, task_args, data.patch_size, model_args.smoke, training.seed)
+    result = train(model, source, training, eval_fn=eval_fn, physics_sampler=sampler)
     model = result.model
     output_dir = Path(training.output_dir)
     report = model.parameter_report()
@@ -642,6 +686,18 @@ def run_training(
         tmp.write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
         os.replace(tmp, output_dir / "run_summary.json")
     return summary
+
+
+def freeze_adapters(model: Any, adapter_names: list[str]) -> None:
+    """Stop ``adapter_names``' LoRA factors from training (phase 2 then trains the task parameters only)."""
+    from lorun_peft.tuners import StageLoRALayer
+
+    for layer in model.modules():
+        if isinstance(layer, StageLoRALayer):
+            for name in adapter_names:
+                if name in layer.lora_A:
+                    layer.lora_A[name].requires_grad_(False)
+                    layer.lora_B[name].requires_grad_(False)
 
 
 def _eval_fn(task: str, task_args: TaskArguments, data: DataArguments, smoke: bool):
@@ -705,8 +761,10 @@ __all__ = [
     "apply_smoke",
     "build_denoiser",
     "build_physics",
+    "build_physics_sampler",
     "build_train_source",
     "crop_mask",
+    "freeze_adapters",
     "cube_wavelengths",
     "default_data_dir",
     "default_set_name",

@@ -78,7 +78,13 @@ class EvaluateArguments:
     real_mask: str | None = field(
         default=None, metadata={"help": "Mask of --real_cassi (default: <data_dir>/CASSI/real_TSA/mask.mat)."}
     )
-    real_scale: float = field(default=1.0, metadata={"help": "Multiply real measurements by this first."})
+    real_scale: str = field(
+        default="mst",
+        metadata={
+            "help": "Scale of --real_cassi measurements: 'mst' multiplies by C/2 (TSA/MST store real "
+            "measurements divided by C/2, e.g. 14 for 28 bands), or a positive number."
+        },
+    )
     device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."}
     )

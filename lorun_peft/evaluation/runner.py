@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_folder",
     "evaluate_items",
     "load_test_items",
+    "real_measurement_scale",
     "reconstruct_real_cassi",
     "save_restored",
     "task_of",
@@ -272,11 +273,31 @@ def _png_bytes(image: Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def save_restored(image: Tensor, folder: Path, name: str, task: str) -> list[Path]:
+def real_measurement_scale(scale: float | str, bands: int) -> float:
+    """The factor for real CASSI measurements: ``"mst"`` -> ``bands / 2``, or a positive number."""
+    if isinstance(scale, str):
+        if scale.strip().lower() == "mst":
+            return bands / 2
+        try:
+            scale = float(scale)
+        except ValueError:
+            raise ValueError(
+                f"real measurement scale must be 'mst' or a positive number, got {scale!r}"
+            ) from None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < float("inf")):
+        raise ValueError(f"real measurement scale must be 'mst' or a positive number, got {scale!r}")
+    return float(scale)
+
+
+def save_restored(
+    image: Tensor, folder: Path, name: str, task: str, *, display_percentile: float | None = None
+) -> list[Path]:
     """Save one restored ``(C, H, W)`` item as ``<name>.png`` (cubes: pseudo-colour PNG + ``<name>.npz``).
 
     The cube's PNG is :func:`lorun_peft.figures.cassi_to_rgb` (each band in its wavelength's colour),
-    clipped to [0, 1]: the same mapping as ``lorun restore`` and the comparison figures.
+    clipped to [0, 1]: the same mapping as ``lorun restore`` and the comparison figures. With
+    ``display_percentile`` the pseudo-colour image is first divided by that percentile of its values
+    (display only; the ``.npz`` keeps the restored values).
     """
     if task != "cassi":
         return [write_atomic(folder / f"{name}.png", _png_bytes(image))]
@@ -288,9 +309,16 @@ def save_restored(image: Tensor, folder: Path, name: str, task: str) -> list[Pat
         wavelengths_nm=np.asarray(cube_wavelengths(cube.shape[0]), dtype=np.float32),
     )
     return [
-        write_atomic(folder / f"{name}.png", _png_bytes(cassi_to_rgb(cube))),
+        write_atomic(folder / f"{name}.png", _png_bytes(_stretch(cassi_to_rgb(cube), display_percentile))),
         write_atomic(folder / f"{name}.npz", buffer.getvalue()),
     ]
+
+
+def _stretch(rgb: Tensor, percentile: float | None) -> Tensor:
+    if percentile is None:
+        return rgb
+    top = float(torch.quantile(rgb.detach().float().flatten(), percentile / 100))
+    return rgb / top if top > 0 else rgb
 
 
 # ---------------------------------------------------------------------------------------------- real CASSI
@@ -300,14 +328,18 @@ def reconstruct_real_cassi(
     mask: Tensor,
     output_dir: str | os.PathLike,
     *,
-    measurement_scale: float = 1.0,
+    measurement_scale: float | str = "mst",
 ) -> list[Path]:
     """Restore real SD-CASSI measurements (e.g. TSA's 660x714 ``scene*.mat``) with the 660x660 ``mask``.
 
     The model's mask is replaced by ``mask`` (same dispersion step); the band count that the measurement
-    width implies must equal the model's. Each scene is multiplied by ``measurement_scale`` (real data are
-    not on the simulation's scale), restored and written as ``<scene>.png`` (pseudo-colour) and
-    ``<scene>.npz``. No ground truth exists, so nothing is scored. Returns the written files.
+    width implies must equal the model's. Each scene is multiplied by ``measurement_scale``: TSA-Net and
+    MST store real measurements divided by ``C / 2`` (their network input is ``shift_back(y / C * 2)``),
+    so ``"mst"`` (the default) multiplies by ``C / 2`` to put them on the ``y = A x`` scale of the
+    simulated training data; a number multiplies by that number. Each scene is restored and written as
+    ``<scene>.npz`` (the raw cube) and ``<scene>.png``, a pseudo-colour image stretched so its 99.5th
+    percentile is white (real scenes are dim; the stretch is for display only). No ground truth exists,
+    so nothing is scored. Returns the written files.
     """
     from lorun_peft.physics import CASSI, load_cassi_measurement
 
@@ -324,11 +356,12 @@ def reconstruct_real_cassi(
         files = [Path(p) for p in source]
     if task_of(model) != "cassi":
         raise ValueError(f"real CASSI reconstruction needs a CASSI model, this one is {task_of(model)!r}")
+    expected = model.denoisers[0].config.in_channels
+    scale = real_measurement_scale(measurement_scale, expected)
     reference = next(model.parameters())
     task_params = model.active_task
     original = task_params.physics
     physics = CASSI(mask.to(device=reference.device, dtype=reference.dtype), step=original.step)
-    expected = model.denoisers[0].config.in_channels
     written: list[Path] = []
     task_params.physics = physics
     try:
@@ -343,8 +376,8 @@ def reconstruct_real_cassi(
                     f"measurement {path} has width {y.shape[-1]}, i.e. {bands} bands with the "
                     f"{tuple(mask.shape)} mask and step {physics.step}; the model expects {expected} bands"
                 )
-            cube = model.restore(y * measurement_scale)
-            written += save_restored(cube, Path(output_dir), path.stem, "cassi")
+            cube = model.restore(y * scale)
+            written += save_restored(cube, Path(output_dir), path.stem, "cassi", display_percentile=99.5)
     finally:
         task_params.physics = original
     return written

@@ -253,6 +253,7 @@ def train(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     *,
     finalize: bool = True,
+    physics_sampler: Callable[[nn.Module, torch.Generator], None] | None = None,
 ) -> TrainResult:
     """Train the parameters of ``model`` that have ``requires_grad`` (one phase) with Adam + cosine LR.
 
@@ -265,6 +266,10 @@ def train(
             every ``config.eval_every`` steps and at the end; returns a dict of float metrics.
         finalize: end the run with ``accelerator.end_training()`` and destroy the process group. Pass
             ``False`` for all but the last ``train`` call of a multi-process script (phase 1 before phase 2).
+        physics_sampler: called as ``physics_sampler(model.physics, generator)`` before every micro-batch
+            is measured, to redraw part of the operator (e.g. :class:`~lorun_peft.data.RandomMaskCrops`: a
+            new CASSI mask crop). Its generator is seeded by ``(seed, step, micro-batch)`` and not by the
+            rank, so all processes draw the same operator and resume stays exact.
 
     Returns:
         A :class:`TrainResult`. Checkpoints and ``log.jsonl`` are written in ``config.output_dir``.
@@ -372,6 +377,10 @@ def train(
         noise = torch.Generator(device=device).manual_seed(
             derive_seed(config.seed, step, micro, rank, "noise")
         )
+        if physics_sampler is not None:
+            physics_sampler(
+                physics, torch.Generator().manual_seed(derive_seed(config.seed, step, micro, 0, "physics"))
+            )
         measurement = physics.measure(clean, config.noise_sigma, noise)
         if micro < accumulation - 1:
             with accelerator.no_sync(prepared):

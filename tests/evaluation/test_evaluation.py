@@ -150,3 +150,26 @@ def test_real_cassi_checks_the_band_count(tmp_path):
     with pytest.raises(ValueError, match="scene2.mat has width 30, i.e. 6 bands"):
         reconstruct_real_cassi(model, tmp_path / "scene2.mat", mask, tmp_path / "out")
     assert model.physics.mask.shape == (20, 20)
+
+
+def test_real_cassi_scale_and_display_stretch(tmp_path):
+    from scipy.io import savemat
+
+    from lorun_peft.evaluation import real_measurement_scale
+
+    assert real_measurement_scale("mst", 28) == 14.0 and real_measurement_scale("MST", 4) == 2.0
+    assert real_measurement_scale("2.5", 28) == 2.5 and real_measurement_scale(3, 28) == 3.0
+    for bad in ("auto", "-1", 0, float("nan"), True):
+        with pytest.raises(ValueError, match="'mst' or a positive number"):
+            real_measurement_scale(bad, 28)
+    mask = torch.rand(20, 20, generator=torch.Generator().manual_seed(0))
+    model = _model(CASSI(mask), channels=4)
+    y = 0.02 * np.random.default_rng(0).random((20, 26)).astype(np.float32)  # dim, like the TSA scenes
+    savemat(tmp_path / "scene1.mat", {"meas_real": y})
+    for scale, factor in (("mst", 2.0), (5.0, 5.0)):
+        out = tmp_path / f"out_{scale}"
+        reconstruct_real_cassi(model, tmp_path / "scene1.mat", mask, out, measurement_scale=scale)
+        expected = model.restore(torch.from_numpy(y) * factor)
+        assert np.allclose(np.load(out / "scene1.npz")["cube"], expected.permute(1, 2, 0).numpy(), atol=1e-6)
+        png = np.asarray(Image.open(out / "scene1.png"))
+        assert np.percentile(png, 99.5) >= 250  # stretched for display, not near-black

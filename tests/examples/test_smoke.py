@@ -158,3 +158,35 @@ def test_evaluate_cube_with_wrong_band_count(tmp_path, capsys):
 def test_lorun_needs_a_backbone(tmp_path, capsys):
     assert _script("train_cs")(["--smoke", "--mode", "lorun", "--output_dir", str(tmp_path)]) == 2
     assert "--mode lorun needs --backbone" in _error(capsys)
+
+
+def test_phase2_adapter_init_and_step_sizes_only(tmp_path):
+    from safetensors.torch import load_file
+
+    train = _script("train_sr")
+    backbone = tmp_path / "phase1"
+    assert train(["--smoke", "--output_dir", str(backbone)]) == 0
+    runs = {
+        "default": [],
+        "kaiming": ["--adapter_init", "kaiming"],
+        "steps": ["--train_adapters", "False"],
+    }
+    for name, extra in runs.items():
+        argv = ["--smoke", "--mode", "lorun", "--backbone", str(backbone), *extra]
+        assert train([*argv, "--output_dir", str(tmp_path / name)]) == 0
+    inits = {
+        name: json.loads((tmp_path / name / "x2-k1" / "stage_00" / "adapter_config.json").read_text())[
+            "init_lora_weights"
+        ]
+        for name in runs
+    }
+    assert inits == {"default": "gaussian", "kaiming": True, "steps": "gaussian"}
+    trained = load_file(tmp_path / "default" / "x2-k1" / "stage_00" / "adapter_model.safetensors")
+    frozen = load_file(tmp_path / "steps" / "x2-k1" / "stage_00" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in trained.items())
+    assert all(v.abs().max() == 0 for k, v in frozen.items() if k.endswith("lora_B.weight"))
+    summary = json.loads((tmp_path / "steps" / "run_summary.json").read_text())
+    assert summary["trainable_params"] == 2  # rho_1, rho_2: the smoke run's K = 2 step sizes
+    phase1_rho = load_file(backbone / "model.safetensors")["task.steps.raw_rho"]
+    set_rho = load_file(tmp_path / "steps" / "x2-k1" / "task.safetensors")["steps.raw_rho"]
+    assert set_rho.shape == phase1_rho.shape and not torch.equal(set_rho, phase1_rho)  # the steps trained

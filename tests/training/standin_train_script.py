@@ -3,7 +3,8 @@
 Trains the stand-in unfolding model on synthetic patches: phase 1 (shared nets), then, with
 ``--phase2``, phase 2 (nets frozen, per-stage adapters trainable), and writes
 ``rank<r>.json`` (world size, sha256 of the trainable weights, sha256 of the rank's first batch,
-global step, resumed-from step) into ``--report-dir``. ``--sleep`` slows every batch so that a test can
+global step, resumed-from step, the values drawn by ``--physics-sampler``) into ``--report-dir``.
+``--sleep`` slows every batch so that a test can
 kill the process in the middle of training.
 """
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--phase2", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--physics-sampler", action="store_true", help="redraw Phi's scale every batch")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -70,7 +72,15 @@ def main() -> None:
         phase1 = train(model, patches, phase1_config, finalize=False)
         model = phase1.model
         model.add_stage_adapters()
-    result = train(model, source, config)
+    draws: list[float] = []
+    base_phi = model.physics.phi.clone()
+
+    def redraw_phi(physics: torch.nn.Module, generator: torch.Generator) -> None:
+        factor = 0.5 + float(torch.rand((), generator=generator))
+        draws.append(factor)
+        physics.phi.copy_(base_phi * factor)
+
+    result = train(model, source, config, physics_sampler=redraw_phi if args.physics_sampler else None)
 
     import accelerate
 
@@ -85,6 +95,7 @@ def main() -> None:
         "global_step": result.global_step,
         "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         "losses": result.losses,
+        "physics_draws": draws,
     }
     Path(args.report_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.report_dir) / f"rank{rank}.json").write_text(json.dumps(report))

@@ -48,7 +48,7 @@ def test_two_gloo_processes_train_both_phases_and_exit_cleanly(tmp_path):
         str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
         str(SCRIPT), "--output-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "report"),
-        "--steps", "6", "--checkpoint-every", "3", "--phase2", "--dropout", "0.1",
+        "--steps", "6", "--checkpoint-every", "3", "--phase2", "--dropout", "0.1", "--physics-sampler",
     ]  # fmt: skip
     done = subprocess.run(command, env=_env(port), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -58,6 +58,9 @@ def test_two_gloo_processes_train_both_phases_and_exit_cleanly(tmp_path):
     assert rank0["weights_sha256"] == rank1["weights_sha256"]  # yet gradients were all-reduced
     assert rank0["global_step"] == rank1["global_step"] == 6
     assert rank0["losses"] == rank1["losses"]  # logged loss is the mean over ranks
+    # the physics sampler draws the same operator on every rank (12 = 6 steps x 2 micro-batches)
+    assert len(rank0["physics_draws"]) == 12 and len(set(rank0["physics_draws"])) == 12
+    assert rank0["physics_draws"] == rank1["physics_draws"]
     checkpoint = tmp_path / "run" / "checkpoint-6"
     assert {"rng_state_0.safetensors", "rng_state_1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     assert read_trainer_state(checkpoint)["num_processes"] == 2

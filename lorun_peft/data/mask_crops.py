@@ -1,0 +1,64 @@
+"""Fresh random crops of a large CASSI coded aperture during training.
+
+Training on ``P x P`` patches needs a ``P x P`` mask. One fixed crop lets the denoiser learn that crop's
+code pattern, and the model then meets a different pattern on the full mask at test time. A
+:class:`RandomMaskCrops` given to :func:`lorun_peft.training.train` as ``physics_sampler`` writes a new
+random crop of the full mask into the operator before every batch. The crop position comes from the
+generator that ``train`` seeds with ``(seed, step, micro-batch)`` only, not the process rank, so every DDP
+process measures with the same mask (DDP broadcasts buffers from rank 0 anyway) and a resumed run
+draws the same crops as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["RandomMaskCrops"]
+
+
+class RandomMaskCrops:
+    """Write a random ``size x size`` crop of ``mask`` (``(H, W)``) into a CASSI operator's mask.
+
+    Args:
+        mask: the full coded aperture, e.g. the 256x256 TSA simulation mask or the 660x660 real one.
+        size: crop side; must not exceed either side of ``mask``.
+    """
+
+    def __init__(self, mask: Tensor, size: int) -> None:
+        if not isinstance(mask, Tensor) or mask.ndim != 2:
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a 2-D (H, W) tensor, got {shape}")
+        height, width = mask.shape
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(height, width):
+            raise ValueError(
+                f"crop size must be an integer in [1, {min(height, width)}] for the {height}x{width} mask, "
+                f"got {size!r}"
+            )
+        self.mask = mask.detach().float().cpu()
+        self.size = size
+
+    @property
+    def positions(self) -> int:
+        """Number of distinct crop positions."""
+        height, width = self.mask.shape
+        return (height - self.size + 1) * (width - self.size + 1)
+
+    def crop(self, generator: torch.Generator) -> Tensor:
+        """A random crop (top-left corner uniform over all positions)."""
+        height, width = self.mask.shape
+        top = int(torch.randint(height - self.size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - self.size + 1, (1,), generator=generator))
+        return self.mask[top : top + self.size, left : left + self.size]
+
+    def __call__(self, physics: torch.nn.Module, generator: torch.Generator) -> None:
+        """Copy a new crop into ``physics.mask`` in place (shape, dtype and device are kept)."""
+        target = getattr(physics, "mask", None)
+        if not isinstance(target, Tensor) or tuple(target.shape) != (self.size, self.size):
+            shape = tuple(target.shape) if isinstance(target, Tensor) else None
+            raise ValueError(
+                f"RandomMaskCrops({self.size}) needs a CASSI operator with a {self.size}x{self.size} mask, "
+                f"got {type(physics).__name__} with mask shape {shape}"
+            )
+        with torch.no_grad():
+            target.copy_(self.crop(generator))
