@@ -707,9 +707,11 @@ def _eval_fn(task: str, task_args: TaskArguments, data: DataArguments, smoke: bo
     from lorun_peft.evaluation import evaluate_items, load_test_items
 
     items = load_test_items(task, data.eval_data, bands=task_args.bands, max_items=data.max_eval_images)
+    # CASSI: score with the full mask (training measures with crops of it), as examples/evaluate.py does.
+    mask = resolve_mask(task_args, smoke, SMOKE_MASK_SIZE)[0] if task == "cassi" else None
 
     def eval_fn(model: Any) -> dict[str, float]:
-        report = evaluate_items(model, task, items)
+        report = evaluate_items(model, task, items, mask=mask)
         return {"psnr": report.mean_psnr, "ssim": report.mean_ssim}
 
     return eval_fn

@@ -190,3 +190,12 @@ def test_phase2_adapter_init_and_step_sizes_only(tmp_path):
     phase1_rho = load_file(backbone / "model.safetensors")["task.steps.raw_rho"]
     set_rho = load_file(tmp_path / "steps" / "x2-k1" / "task.safetensors")["steps.raw_rho"]
     assert set_rho.shape == phase1_rho.shape and not torch.equal(set_rho, phase1_rho)  # the steps trained
+
+
+def test_cassi_eval_during_training_uses_the_full_mask(tmp_path):
+    cube = np.random.default_rng(0).random((48, 48, 28)).astype(np.float32)  # larger than the 32 crops
+    np.savez(tmp_path / "scene.npz", cube=cube)
+    argv = ["--smoke", "--eval_data", str(tmp_path / "scene.npz"), "--output_dir", str(tmp_path / "run")]
+    assert _script("train_cassi")(argv) == 0
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert np.isfinite(summary["eval"]["psnr"]) and 0 < summary["eval"]["ssim"] <= 1

@@ -4,8 +4,7 @@ Trains the stand-in unfolding model on synthetic patches: phase 1 (shared nets),
 ``--phase2``, phase 2 (nets frozen, per-stage adapters trainable), and writes
 ``rank<r>.json`` (world size, sha256 of the trainable weights, sha256 of the rank's first batch,
 global step, resumed-from step, the values drawn by ``--physics-sampler``) into ``--report-dir``.
-``--sleep`` slows every batch so that a test can
-kill the process in the middle of training.
+``--sleep`` slows every batch so that a test can kill the process in the middle of training.
 """
 
 from __future__ import annotations
