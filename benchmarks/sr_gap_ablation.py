@@ -32,8 +32,9 @@ COMMON = [
     "--patch_size", "64", "--batch_size", "4", "--num_stages", "9", "--no_show_progress",
 ]  # fmt: skip
 
-#: variant -> (description, phase-1 arguments or None to reuse --backbone, phase-2 arguments).
-VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = {
+#: variant -> (description, phase 1, phase-2 arguments). Phase 1: None reuses --backbone, a list of
+#: arguments trains one, a variant name reuses that variant's phase-1 backbone (run that variant first).
+VARIANTS: dict[str, tuple[str, list[str] | str | None, list[str]]] = {
     "reference": ("reference: 800 + 400, gamma 10, lr 1e-3, seed 0", None, ["--max_steps", "400"]),
     "seed1": ("reference, phase-2 seed 1 (run-to-run spread)", None, ["--max_steps", "400", "--seed", "1"]),
     "gamma25": ("rank: gamma 25", None, ["--max_steps", "400", "--gamma", "25"]),
@@ -56,6 +57,11 @@ VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = {
         ["--max_steps", "600"],
         ["--max_steps", "600"],
     ),
+    "split600-lr3e-3": (
+        "split 600 + 600 and phase-2 lr 3e-3 (the two that helped), phase 1 shared with split600",
+        "split600",
+        ["--max_steps", "600", "--learning_rate", "3e-3"],
+    ),
     "noise-map": (
         "noise-level map: denoiser conditioned on sigma_k (phase 1 retrained)",
         ["--max_steps", "800", "--noise_level_map", "True"],
@@ -66,6 +72,10 @@ VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = {
 
 #: Block-K reruns (``--mode block``), for the spread of the target itself.
 BLOCK_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "block-lr3e-3": (
+        "Block-9, 1200 steps, lr 3e-3 (does the target move too?)",
+        ["--max_steps", "1200", "--learning_rate", "3e-3"],
+    ),  # noqa: E501
     "block-seed1": (
         "Block-9, 1200 steps, seed 1 (spread of the target)",
         ["--max_steps", "1200", "--seed", "1"],
@@ -100,7 +110,11 @@ def run_variant(name: str, args: argparse.Namespace, extra: list[str]) -> dict:
     description, phase1, phase2 = VARIANTS[name]
     commands, times = [], {}
     backbone = Path(args.backbone).resolve()
-    if phase1 is not None:
+    if isinstance(phase1, str):
+        backbone = folder.parent / phase1 / "phase1"
+        if not (backbone / "config.json").is_file():
+            raise SystemExit(f"{name} reuses the phase-1 backbone of {phase1}: run --only {phase1} first")
+    elif phase1 is not None:
         backbone = folder / "phase1"
         command = [*script, *data, *COMMON, *extra, "--mode", "shared", *phase1]
         command += ["--output_dir", str(backbone)]
