@@ -9,11 +9,16 @@ is timed apart. Task settings (see ``TASK_ARGS``; add more with ``--train-args "
 
 * cs: CS 25 %, learned Phi, U-Net width 16 depth 3, 64x64 Train400 crops, batch 8; test Set11.
 * sr: x2 with K1, RGB U-Net width 16, 64x64 BSDS500_train200 crops, batch 4; test Set5 (Y, 2-px border).
-* cassi: HQS, U-Net width 16, 28 KAIST bands, 64x64 crops of stuffed_toys (one random crop of the TSA
-  256x256 mask), batch 4; test cloth (256x256, full mask). Real TSA scenes reconstructed with LoRun-K.
+* cassi: HQS, U-Net width 16, 28 KAIST bands, 64x64 crops of stuffed_toys (a new random crop of the TSA
+  256x256 mask per batch), batch 4; test cloth (256x256, full mask). Then LoRun-K gets a second adapter
+  set trained with crops of the REAL 660x660 TSA mask (``mask-real``, as many steps as phase 2) and
+  restores the five real TSA scenes with it.
 
     OMP_NUM_THREADS=2 python benchmarks/run_task_comparisons.py --task sr --steps 1200 \
         --output-dir runs/cmp_sr
+    # variants in parallel processes, collected into one table as each finishes:
+    OMP_NUM_THREADS=1 python benchmarks/run_task_comparisons.py --task cassi --steps 3600 \
+        --output-dir runs/cmp_cassi --only lorun
 """
 
 from __future__ import annotations

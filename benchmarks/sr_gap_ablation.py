@@ -62,6 +62,11 @@ VARIANTS: dict[str, tuple[str, list[str] | str | None, list[str]]] = {
         "split600",
         ["--max_steps", "600", "--learning_rate", "3e-3"],
     ),
+    "split600-lr3e-3-all": (
+        "split 600 + 600 with lr 3e-3 in both phases (compare with Block-9 at lr 3e-3)",
+        ["--max_steps", "600", "--learning_rate", "3e-3"],
+        ["--max_steps", "600", "--learning_rate", "3e-3"],
+    ),
     "noise-map": (
         "noise-level map: denoiser conditioned on sigma_k (phase 1 retrained)",
         ["--max_steps", "800", "--noise_level_map", "True"],
