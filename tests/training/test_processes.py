@@ -37,6 +37,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _run_with_output(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that, on a timeout, kills the launcher and fails with what it printed so far."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"timed out after {timeout} s; stdout:\n{out[-3000:]}\nstderr:\n{err[-5000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 def _report(folder: Path, rank: int = 0) -> dict:
     return json.loads((folder / f"rank{rank}.json").read_text())
 
@@ -50,7 +64,7 @@ def test_two_gloo_processes_train_both_phases_and_exit_cleanly(tmp_path):
         str(SCRIPT), "--output-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "report"),
         "--steps", "6", "--checkpoint-every", "3", "--phase2", "--dropout", "0.1", "--physics-sampler",
     ]  # fmt: skip
-    done = subprocess.run(command, env=_env(port), capture_output=True, text=True, timeout=240)
+    done = _run_with_output(command, _env(port), timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     rank0, rank1 = _report(tmp_path / "report", 0), _report(tmp_path / "report", 1)
     assert rank0["world_size"] == rank1["world_size"] == 2
