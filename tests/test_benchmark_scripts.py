@@ -1,0 +1,42 @@
+"""The comparison benchmark's --only / collect path, on --smoke runs (no data needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _compare(tmp_path: Path, only: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "run_task_comparisons.py"), "--task", "cs", "--steps", "3",
+        "--smoke", "--output-dir", str(tmp_path / "cmp"), "--only", only,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORUN_DATA_DIR": str(tmp_path / "no-data")}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_variants_run_in_separate_processes_and_collect_into_one_table(tmp_path):
+    (tmp_path / "no-data").mkdir()
+    first = _compare(tmp_path, "block")
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert list(table["rows"]) == ["block"]
+    second = _compare(tmp_path, "lorun")
+    assert second.returncode == 0, second.stderr[-3000:]
+    table = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert list(table["rows"]) == ["block", "lorun"]
+    lorun = table["rows"]["lorun"]
+    assert lorun["trainable_params"] < lorun["stored_params"] and len(lorun["commands"]) == 3
+    markdown = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| Block-9 |" in markdown and "| LoRun-9 |" in markdown and "| Block-9-share |" not in markdown
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    done = _compare(tmp_path, "block,nope")
+    assert done.returncode == 2 and "unknown variants ['nope']" in done.stderr
+    assert not (tmp_path / "cmp").exists()
