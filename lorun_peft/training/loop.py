@@ -14,6 +14,7 @@ by ``C * H * W`` (see docs/training.md).
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import math
@@ -435,6 +436,12 @@ def train(
     result.model.train(was_training)
     if finalize:
         accelerator.end_training()
+        # Free the DDP wrapper before the group: its Reducer holds the process group, and if the
+        # Reducer dropped the last reference the group's destructor would run with the GIL held and
+        # can deadlock joining a gloo worker thread (seen once in a 2-process test).
+        del prepared, optimizer, scheduler
+        accelerator.free_memory()
+        gc.collect()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return result
