@@ -3,8 +3,8 @@
 Reads the restored cubes (``eval_<variant>/images/*.npz``, ``real_TSA/*.npz``) of a comparison folder and
 writes ``docs/figures/cassi_cloth_comparison.png`` (ground truth, initial estimate, Block-9,
 Block-9-share, LoRun-9 in pseudo-colour with a zoom box, PSNR/SSIM from the saved reports) and
-``docs/figures/cassi_real_tsa.png`` (the real TSA scenes restored by LoRun-9, each stretched so its
-99.5th percentile is white, as ``examples/evaluate.py --real_cassi`` saves them).
+``docs/figures/cassi_real_tsa.png`` (the PNGs of the real TSA scenes restored by LoRun-9, which
+``examples/evaluate.py --real_cassi`` stretches so their 99.5th percentile is white).
 
     python scripts/make_cassi_figures.py runs/cmp_cassi [--data-dir ../shared/data]
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lorun_peft.data import KAIST_WAVELENGTHS_28, load_cube
 from lorun_peft.figures import cassi_to_rgb, comparison_figure
@@ -31,9 +32,8 @@ def _cube(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path)["cube"]).permute(2, 0, 1).float()
 
 
-def _stretched(cube: torch.Tensor) -> torch.Tensor:
-    rgb = cassi_to_rgb(cube)
-    return (rgb / torch.quantile(rgb.flatten(), 0.995)).clamp(0, 1)
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
 
 
 def main() -> None:
@@ -60,10 +60,10 @@ def main() -> None:
         captions=captions,
         panel_width=200,
     )
-    scenes = sorted((folder / "real_TSA").glob("*.npz"))
+    scenes = sorted((folder / "real_TSA").glob("*.png"))  # already stretched for display by evaluate.py
     if scenes:
         comparison_figure(
-            [_stretched(_cube(p)) for p in scenes],
+            [_png(p) for p in scenes],
             [p.stem for p in scenes],
             OUT / "cassi_real_tsa.png",
             zoom=None,

@@ -398,7 +398,6 @@ def build_physics_sampler(
     if task != "cassi":
         return None
     mask, _ = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed)
-    crop_mask(mask, patch_size, seed)  # the clear error for a patch larger than the mask
     if tuple(mask.shape) == (patch_size, patch_size):
         return None
     return RandomMaskCrops(mask, patch_size)
