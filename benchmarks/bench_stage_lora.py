@@ -42,6 +42,7 @@ import statistics
 import time
 
 import torch
+from memory_probe import persistent_state_bytes, reset_peak, status_kb
 from torch import nn
 
 from lorun_peft.tuners import StageLoRAConfig, add_stage_adapters, parameter_report, set_merge_mode, stage
@@ -205,45 +206,6 @@ def _train_step_fns(args: argparse.Namespace, lorun: nn.Module, blocks: list[nn.
     }
 
 
-def _status_kb(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status, in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); ``False`` where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _tensor_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
-
-
-def _persistent_state_bytes(model: nn.Module | list[nn.Module], opt: torch.optim.Optimizer) -> dict[str, int]:
-    """Exact bytes of parameters, gradients and optimizer state (shared tensors counted once)."""
-    modules = model if isinstance(model, list) else [model]
-    params = [p for m in modules for p in m.parameters()]
-    return {
-        "parameters": _tensor_bytes(params),
-        "gradients": _tensor_bytes(p.grad for p in params if p.grad is not None),
-        "optimizer": _tensor_bytes(v for state in opt.state.values() for v in state.values()),
-    }
-
-
 def _build_variant(args: argparse.Namespace, variant: str) -> nn.Module | list[nn.Module]:
     """Only the model of ``variant`` (LoRun: base + K adapters; Block: K plain denoisers)."""
     if variant == "lorun":
@@ -275,9 +237,9 @@ def _memory_child(args: argparse.Namespace, variant: str, queue: mp.Queue) -> No
     _warm_up(args)
     x, target = _train_data(args)
     gc.collect()
-    baseline = _status_kb("VmRSS")
-    reset = _reset_peak()
-    earlier_peak = None if reset else _status_kb("VmHWM")
+    baseline = status_kb("VmRSS")
+    reset = reset_peak()
+    earlier_peak = None if reset else status_kb("VmHWM")
     model = _build_variant(args, variant)
     if variant == "lorun":
         step, opt = _lorun_step_fn(model, x, target, args.stages)
@@ -285,16 +247,16 @@ def _memory_child(args: argparse.Namespace, variant: str, queue: mp.Queue) -> No
         step, opt = _block_step_fn(model, x, target)
     for _ in range(args.mem_steps - 1):
         step()
-    peak_before_last = _status_kb("VmHWM")
-    before_last = _status_kb("VmRSS")
-    reset_last = reset and _reset_peak()
+    peak_before_last = status_kb("VmHWM")
+    before_last = status_kb("VmRSS")
+    reset_last = reset and reset_peak()
     step()
-    peak_last = _status_kb("VmHWM")
+    peak_last = status_kb("VmHWM")
     whole_peak = max(peak_before_last, peak_last)
     result = {
         "whole": (whole_peak - baseline) * 1024 if (reset or whole_peak > earlier_peak) else None,
         "activation": (peak_last - before_last) * 1024 if reset_last else None,
-        "state": _persistent_state_bytes(model, opt),
+        "state": persistent_state_bytes(model, opt),
     }
     queue.put((variant, result))
 

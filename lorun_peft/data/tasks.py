@@ -37,6 +37,7 @@ DENOISERS = ("unet", "transformer", "resunet", "ssr", "cppnet")
 MODES = ("shared", "block", "lorun")
 #: ``--adapter_init`` choices -> StageLoRAConfig.init_lora_weights.
 ADAPTER_INITS = {"gaussian": "gaussian", "kaiming": True}
+PHI_INITS = ("backbone", "random")
 
 #: Default data, relative to the data root (``<repo>/../shared/data`` or ``$LORUN_DATA_DIR``).
 DEFAULT_TRAIN_DATA = {"cs": "Train400", "sr": "BSDS500_train200", "cassi": "CASSI/cubes"}
@@ -199,6 +200,13 @@ class ModelArguments:
             "default); lora_B starts at 0 either way, so phase 2 starts exactly at the backbone."
         },
     )
+    phi_init: str = field(
+        default="backbone",
+        metadata={
+            "help": "CS phase 2 at a new ratio: backbone (the new learned Phi starts from the backbone's, "
+            "via its SVD: lorun_peft.physics.derive_sampling_matrix) | random (N(0, 1/b^2) entries)."
+        },
+    )
     train_adapters: bool = field(
         default=True,
         metadata={
@@ -233,6 +241,8 @@ class ModelArguments:
             raise ValueError("--mode lorun needs --backbone DIR (the phase-1 model saved by --mode shared)")
         if self.mode != "lorun" and self.backbone:
             raise ValueError(f"--backbone is only used with --mode lorun, got --mode {self.mode}")
+        if self.phi_init not in PHI_INITS:
+            raise ValueError(f"--phi_init must be one of {PHI_INITS}, got {self.phi_init!r}")
         if self.algorithm is not None and self.algorithm not in ("pgd", "hqs"):
             raise ValueError(f"--algorithm must be 'pgd' or 'hqs', got {self.algorithm!r}")
 
@@ -620,6 +630,8 @@ def run_training(
             raise ValueError(f"--backbone {model_args.backbone} was trained for {expected!r}, not {task!r}")
         set_name = model_args.adapter_set_name or default_set_name(task, task_args)
         keep = task == "cs" and model.task.physics.get_config() == physics.get_config()
+        if task == "cs" and not keep and model_args.phi_init == "backbone":
+            _start_from_backbone_phi(physics, model.task.physics, training.seed)
         adapter_names = model.add_stage_adapters(
             set_name,
             StageLoRAConfig(
@@ -685,6 +697,24 @@ def run_training(
         tmp.write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
         os.replace(tmp, output_dir / "run_summary.json")
     return summary
+
+
+def _start_from_backbone_phi(physics: Any, backbone_physics: Any, seed: int) -> None:
+    """Initialise a new learned CS ``Phi`` from the backbone's (``--phi_init backbone``)."""
+    import torch
+
+    from lorun_peft.physics import BlockCS, derive_sampling_matrix
+
+    if not (isinstance(physics, BlockCS) and physics.learnable and isinstance(backbone_physics, BlockCS)):
+        return  # a fixed matrix (--phi_matrix) is used as given
+    if backbone_physics.block_size != physics.block_size:
+        raise ValueError(
+            f"--phi_init backbone needs the backbone's block size ({backbone_physics.block_size}), got "
+            f"--block_size {physics.block_size}; use --phi_init random"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        physics.Phi.copy_(derive_sampling_matrix(backbone_physics.Phi, physics.num_rows, generator))
 
 
 def freeze_adapters(model: Any, adapter_names: list[str]) -> None:

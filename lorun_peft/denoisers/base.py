@@ -70,6 +70,18 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def _call_with_adapters(module: nn.Module, active: tuple, *args: Tensor) -> Tensor:
+    """``module(*args)`` with the adapter layers set to ``active`` ((layer, adapters, disabled) triples)."""
+    previous = [(layer, layer._active_adapter, layer._disable_adapters) for layer, _, _ in active]
+    try:
+        for layer, adapters, disabled in active:
+            layer._active_adapter, layer._disable_adapters = adapters, disabled
+        return module(*args)
+    finally:
+        for layer, adapters, disabled in previous:
+            layer._active_adapter, layer._disable_adapters = adapters, disabled
+
+
 class DenoiserPreTrainedModel(PreTrainedModel):
     """Base class of all denoisers: ``forward(pixel_values, sigma=None) -> (B, out_channels, H, W)``.
 
@@ -82,6 +94,27 @@ class DenoiserPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
+
+    def __init__(self, config: DenoiserConfig, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        self.gradient_checkpointing = False  # set by activation_checkpointing_enable where supported
+
+    def checkpointed(self, module: nn.Module, *args: Tensor) -> Tensor:
+        """``module(*args)``, recomputed in the backward pass while this denoiser checkpoints (training).
+
+        Families with ``supports_gradient_checkpointing = True`` route each level of :meth:`body`
+        through it, so ``activation_checkpointing_enable()`` keeps one level's activations at a time.
+        """
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The recompute runs in the backward pass, after any ``stage(model, k)`` block has exited:
+            # it must see the adapters that were active in the forward, so they are an argument.
+            active = tuple(
+                (layer, layer._active_adapter, layer._disable_adapters)
+                for layer in module.modules()
+                if hasattr(layer, "_active_adapter")
+            )
+            return self._gradient_checkpointing_func(_call_with_adapters, module, active, *args)
+        return module(*args)
 
     @property
     def size_multiple(self) -> int:

@@ -48,6 +48,7 @@ class ResUNetDenoiser(DenoiserPreTrainedModel):
     """USRNet-style ResUNet: ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``."""
 
     config_class = ResUNetConfig
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: ResUNetConfig) -> None:
         super().__init__(config)
@@ -72,8 +73,8 @@ class ResUNetDenoiser(DenoiserPreTrainedModel):
     def body(self, x: Tensor) -> Tensor:
         skips = [self.head(x)]
         for down in self.downs:
-            skips.append(down(skips[-1]))
-        x = self.body_blocks(skips[-1])
+            skips.append(self.checkpointed(down, skips[-1]))
+        x = self.checkpointed(self.body_blocks, skips[-1])
         for level in reversed(range(len(self.ups))):
-            x = self.ups[level](x + skips[level + 1])
+            x = self.checkpointed(self.ups[level], x + skips[level + 1])
         return self.tail(x + skips[0])

@@ -64,6 +64,7 @@ class UNetDenoiser(DenoiserPreTrainedModel):
     """Classic U-Net: ``(B, in_channels, H, W)`` (+ optional noise map) -> ``(B, out_channels, H, W)``."""
 
     config_class = UNetConfig
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__(config)
@@ -87,7 +88,8 @@ class UNetDenoiser(DenoiserPreTrainedModel):
             if level > 0:
                 skips.append(x)
                 x = self.downsamplers[level - 1](x)
-            x = encoder(x)
+            x = self.checkpointed(encoder, x)
         for level in reversed(range(len(self.decoders))):
-            x = self.decoders[level](torch.cat([skips[level], self.upsamplers[level](x)], dim=1))
+            up = self.checkpointed(self.upsamplers[level], x)
+            x = self.checkpointed(self.decoders[level], torch.cat([skips[level], up], dim=1))
         return self.head(x)

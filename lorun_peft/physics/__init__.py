@@ -7,7 +7,7 @@ See ``docs/physics.md``.
 
 from .base import PHYSICS_REGISTRY, LinearOperator, as_batch_scalar, physics_from_config, register_physics
 from .cassi import CASSI, load_cassi_mask, load_cassi_measurement
-from .cs import ISTA_NET_NUM_ROWS, BlockCS, load_ista_net_matrix, num_measurements
+from .cs import ISTA_NET_NUM_ROWS, BlockCS, derive_sampling_matrix, load_ista_net_matrix, num_measurements
 from .denoising import Denoising
 from .io import load_mat_array, load_mat_variables
 from .kernels import (
@@ -28,6 +28,7 @@ __all__ = [
     "KERNEL_SUM_TOLERANCE",
     "PHYSICS_REGISTRY",
     "BlockCS",
+    "derive_sampling_matrix",
     "BlurDownsample",
     "Denoising",
     "LinearOperator",

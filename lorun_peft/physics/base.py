@@ -45,6 +45,13 @@ class LinearOperator(nn.Module):
     #: Key of this operator in :data:`PHYSICS_REGISTRY` (and in saved configs).
     physics_type: ClassVar[str] = ""
 
+    @property
+    def grid_factor(self) -> int | None:
+        """Image pixels per measurement cell along H and W when a window of the measurement's last two
+        axes is the measurement of the matching image window (up to a border), so ``restore`` may tile;
+        None (the default) when the operator couples distant pixels (CASSI's mask and dispersion)."""
+        return None
+
     def A(self, x: Tensor) -> Tensor:
         """Forward operator: image ``(B, C, H, W)`` to measurement."""
         raise NotImplementedError

@@ -131,6 +131,11 @@ class BlockCS(LinearOperator):
             f"num_rows={self.num_rows}, learnable={self.learnable}"
         )
 
+    @property
+    def grid_factor(self) -> int:
+        """One measurement cell per ``b x b`` block: blocks are measured independently (exactly tileable)."""
+        return self.block_size
+
     def _weight(self, like: Tensor) -> Tensor:
         b = self.block_size
         return self.Phi.to(dtype=like.dtype).view(self.num_rows, 1, b, b)
@@ -266,3 +271,28 @@ def load_ista_net_matrix(
             )
         ratio = int(match.group(1)) / 100
     return BlockCS(ratio, block_size=block_size, channels=channels, learnable=learnable, matrix=phi)
+
+
+def derive_sampling_matrix(phi: Tensor, num_rows: int, generator: torch.Generator | None = None) -> Tensor:
+    """An ``(num_rows, b*b)`` matrix that keeps as much of the learned ``phi`` as its row count allows.
+
+    Phase 2 of the CS task learns a new ``Phi`` per ratio on a backbone trained with another one;
+    starting it from the backbone's keeps the initial estimates ``Phi^T y`` in the distribution the
+    denoiser was trained on, instead of a random Phi's. With ``phi = U S V^T``: fewer rows take the
+    ``num_rows`` strongest directions ``S_i v_i^T`` (the best rank-``num_rows`` sampling of the same
+    signal energy); more rows keep all of them and add random rows orthogonal to their span, scaled
+    to the median singular value, so the new rows measure what ``phi`` did not.
+    """
+    if phi.ndim != 2:
+        raise ValueError(f"phi must be a 2-D (n, b*b) matrix, got shape {tuple(phi.shape)}")
+    rows, area = phi.shape
+    if isinstance(num_rows, bool) or not isinstance(num_rows, int) or not 1 <= num_rows <= area:
+        raise ValueError(f"num_rows must be an integer in [1, {area}], got {num_rows!r}")
+    source = phi.detach().to(torch.float64)
+    _, singular, vh = torch.linalg.svd(source, full_matrices=False)
+    if num_rows <= rows:
+        return (singular[:num_rows, None] * vh[:num_rows]).to(phi.dtype)
+    extra = torch.randn(num_rows - rows, area, generator=generator, dtype=torch.float64)
+    extra = extra - (extra @ vh.T) @ vh  # orthogonal to the rows of phi
+    basis = torch.linalg.qr(extra.T).Q.T  # orthonormal new directions
+    return torch.cat([source, singular.median() * basis]).to(phi.dtype)

@@ -83,6 +83,11 @@ class BlurDownsample(LinearOperator):
     def extra_repr(self) -> str:
         return f"kernel_size={tuple(self.kernel.shape)}, scale={self.scale}"
 
+    @property
+    def grid_factor(self) -> int:
+        """``scale`` image pixels per low-resolution pixel; the blur reaches only its kernel's radius."""
+        return self.scale
+
     def _check_image(self, shape: tuple[int, ...]) -> None:
         s = self.scale
         kh, kw = self.kernel.shape

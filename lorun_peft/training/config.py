@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+from .precision import MIXED_PRECISION_CHOICES
 
 
 @dataclass
@@ -44,7 +44,28 @@ class UnfoldingTrainingConfig:
     )
     mixed_precision: str = field(
         default="no",
-        metadata={"help": "Autocast of the forward pass, passed to Accelerator: 'no', 'fp16' or 'bf16'."},
+        metadata={
+            "help": "Autocast of the denoisers: 'no' (fp32), 'bf16', 'fp16' (CUDA) or 'auto' (bf16 where the "
+            "device computes it natively, else fp32). Physics, weights and Adam state stay fp32."
+        },
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Run the denoisers in channels_last memory layout (faster conv kernels on CPUs)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute each unfolding stage in the backward pass instead of keeping its activations "
+            "(LoRunModel.gradient_checkpointing_enable)."
+        },
+    )
+    gradient_checkpointing_denoiser: bool = field(
+        default=False,
+        metadata={
+            "help": "With gradient_checkpointing: also recompute inside the denoiser, level by level "
+            "(denoiser families that support it)."
+        },
     )
     warmup_steps: int = field(
         default=0, metadata={"help": "Linear warm-up from 0 to learning_rate over this many steps (>= 0)."}
@@ -118,6 +139,14 @@ class UnfoldingTrainingConfig:
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ValueError(
                 f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, got {self.mixed_precision!r}"
+            )
+        for name in ("channels_last", "gradient_checkpointing", "gradient_checkpointing_denoiser"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.gradient_checkpointing_denoiser and not self.gradient_checkpointing:
+            raise ValueError(
+                "gradient_checkpointing_denoiser=True needs gradient_checkpointing=True (stage checkpointing "
+                "is the outer level)"
             )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"output_dir must be a non-empty path string, got {self.output_dir!r}")

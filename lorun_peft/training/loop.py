@@ -51,6 +51,7 @@ from .checkpoint import (
     write_checkpoint_files,
 )
 from .config import UnfoldingTrainingConfig
+from .precision import resolve_mixed_precision, set_channels_last
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "training_config.json"
@@ -67,6 +68,7 @@ class TrainResult:
     ``model`` is the unwrapped model (no DDP / autocast wrapper), trained in place. ``log_history`` holds the
     records written to ``log.jsonl`` by this call (``loss`` averaged over processes), ``eval_history`` the
     ``eval_fn`` results with their step. ``mean_step_time_s`` excludes the first (warm-up) step when possible.
+    ``mixed_precision`` is what ran (``"auto"`` resolved to ``"bf16"`` or ``"no"``).
     """
 
     model: nn.Module
@@ -79,6 +81,7 @@ class TrainResult:
     train_time_s: float = 0.0
     mean_step_time_s: float | None = None
     peak_device_memory_bytes: int | None = None
+    mixed_precision: str = "no"
 
     @property
     def losses(self) -> list[float]:
@@ -289,10 +292,14 @@ def train(
         )
     batches = StepBatches(train_source, config.batch_size, config.seed, 0, config.gradient_accumulation_steps)
 
+    use_cpu = config.use_cpu or not _accelerator_available()
+    mixed_precision = resolve_mixed_precision(
+        config.mixed_precision, torch.device("cpu" if use_cpu else _accelerator_type())
+    )
+    checkpointing_before = _prepare_checkpointing(model, config)
+    _forget_other_precision(mixed_precision)
     accelerator = Accelerator(
-        cpu=config.use_cpu or not _accelerator_available(),
-        mixed_precision=config.mixed_precision,
-        step_scheduler_with_optimizer=False,
+        cpu=use_cpu, mixed_precision=mixed_precision, step_scheduler_with_optimizer=False
     )
     rank, device, is_main = accelerator.process_index, accelerator.device, accelerator.is_main_process
     batches.rank = rank
@@ -317,6 +324,8 @@ def train(
     )
     was_training = model.training
     model.train()
+    if config.channels_last:
+        set_channels_last(model)
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(prepared)
 
@@ -356,7 +365,11 @@ def train(
     physics = unwrapped.physics
     clip = config.clip_grad_norm
     result = TrainResult(
-        model=unwrapped, global_step=start_step, output_dir=output_dir, resumed_from=resumed_from
+        model=unwrapped,
+        global_step=start_step,
+        output_dir=output_dir,
+        resumed_from=resumed_from,
+        mixed_precision=mixed_precision,
     )
     result.last_checkpoint = resumed_from
     progress = tqdm(
@@ -434,6 +447,10 @@ def train(
     accelerator.wait_for_everyone()
     result.model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
     result.model.train(was_training)
+    if config.channels_last:  # saved weights and the caller's code see the default layout again
+        set_channels_last(result.model, enabled=False)
+    if checkpointing_before is not None:
+        _restore_checkpointing(result.model, checkpointing_before)
     if finalize:
         accelerator.end_training()
         # Free the DDP wrapper before the group: its Reducer holds the process group, and if the
@@ -445,6 +462,49 @@ def train(
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return result
+
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """Let a second ``train`` call in one process run another precision (phase 1 bf16, then fp32).
+
+    accelerate keeps its state in a process-wide singleton and refuses a new ``Accelerator`` whose
+    ``mixed_precision`` differs from the first one's; the process state (ranks, process group) is
+    kept, only the precision record is dropped.
+    """
+    from accelerate.state import AcceleratorState
+
+    recorded = AcceleratorState._shared_state.get("_mixed_precision")
+    if recorded is not None and str(recorded) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _accelerator_type() -> str:
+    """The device type accelerate picks when :func:`_accelerator_available`."""
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "xpu"
+
+
+def _prepare_checkpointing(model: nn.Module, config: UnfoldingTrainingConfig) -> tuple[bool, bool] | None:
+    """Switch on the config's gradient checkpointing; returns the model's previous state (None: untouched)."""
+    if not config.gradient_checkpointing:
+        return None
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"gradient_checkpointing=True needs a model that recomputes its stages (a LoRunModel); "
+            f"{type(model).__name__} cannot"
+        )
+    before = (bool(getattr(model, "gradient_checkpointing", False)), model.checkpoints_denoiser)
+    enable(denoiser=config.gradient_checkpointing_denoiser)
+    return before
+
+
+def _restore_checkpointing(model: nn.Module, before: tuple[bool, bool]) -> None:
+    enabled, denoiser = before
+    model.gradient_checkpointing_disable()
+    if enabled:
+        model.gradient_checkpointing_enable(denoiser=denoiser)
 
 
 def _run_eval(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
@@ -52,6 +54,7 @@ from lorun_peft.tuners import set_adapter_set as _set_adapter_set
 
 from .config import LoRunConfig
 from .steps import StageSteps, TaskParameters, inverse_softplus
+from .tiling import restore_in_tiles
 
 
 @dataclass
@@ -158,7 +161,7 @@ class LoRunModel(PreTrainedModel):
     config_class = LoRunConfig
     base_model_prefix = "lorun"
     main_input_name = "measurement"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: LoRunConfig) -> None:
         super().__init__(config)
@@ -174,6 +177,7 @@ class LoRunModel(PreTrainedModel):
         self.adapter_tasks = nn.ModuleDict()
         self._active_set: str | None = None
         self._adapters_disabled = False
+        self.gradient_checkpointing = False
         self.post_init()
         self._freeze_unused_lambda(self.task)
 
@@ -308,14 +312,78 @@ class LoRunModel(PreTrainedModel):
         return self.denoisers[0]
 
     # ------------------------------------------------------------------ forward
-    def _denoise(self, k: int, z: Tensor, sigma: Tensor | None) -> Tensor:
+    def _denoise(self, k: int, z: Tensor, sigma: Tensor | None, adapter_set: str | None) -> Tensor:
         if self.config.mode == "block":
             return self.denoisers[k](z, sigma=sigma)
         denoiser = self.denoisers[0]
-        if self._active_set is None or self._adapters_disabled:
+        if adapter_set is None:
             return denoiser(z, sigma=sigma)
-        with stage(denoiser, k):
+        with stage(denoiser, k, adapter_set):
             return denoiser(z, sigma=sigma)
+
+    def _stage(
+        self,
+        task: TaskParameters,
+        k: int,
+        x: Tensor,
+        y: Tensor,
+        sigma: Tensor | None,
+        adapter_set: str | None,
+    ) -> Tensor:
+        """Stage ``k``: data step then denoiser with stage ``k``'s adapter of ``adapter_set`` (None: none).
+
+        Self-contained: the set is an argument, not read from the model, so gradient checkpointing
+        recomputes stage ``k`` in the backward pass with the adapter and merge mode of its forward.
+        """
+        return self._denoise(k, task.data_step(k, x, y), sigma, adapter_set)
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, *, denoiser: bool = False
+    ) -> None:
+        """Recompute each stage in the backward pass instead of keeping its activations (training only).
+
+        Only the K stage inputs are kept; each stage's activations exist once, during its backward.
+        ``denoiser=True`` also recomputes inside the denoiser level by level (families with
+        ``supports_gradient_checkpointing``), for the smallest peak. ``gradient_checkpointing_kwargs``
+        go to ``torch.utils.checkpoint.checkpoint``; only the non-reentrant variant is supported (the
+        reentrant one loses the gradients of parameters that are not stage inputs: step sizes, Phi, LoRA).
+        """
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        if kwargs["use_reentrant"]:
+            raise ValueError(
+                "use_reentrant=True is not supported: reentrant checkpointing drops the gradients of step "
+                "sizes, a learned Phi and the LoRA factors; leave use_reentrant at False"
+            )
+        if denoiser:
+            unable = [type(d).__name__ for d in self.denoisers if not d.supports_gradient_checkpointing]
+            if unable:
+                raise ValueError(
+                    f"{unable[0]} cannot checkpoint inside the denoiser (no per-level recompute); use "
+                    "denoiser=False (stage checkpointing works with every denoiser)"
+                )
+        for module in self.denoisers:
+            if denoiser:
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif module.supports_gradient_checkpointing:
+                module.activation_checkpointing_disable()
+        self._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every stage's activations again (the default)."""
+        for module in self.denoisers:
+            if module.supports_gradient_checkpointing:
+                module.activation_checkpointing_disable()
+        self.gradient_checkpointing = False
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
+    @property
+    def checkpoints_denoiser(self) -> bool:
+        """Whether the denoiser recomputes level by level too (``..._enable(denoiser=True)``)."""
+        return any(getattr(m, "gradient_checkpointing", False) for d in self.denoisers for m in d.modules())
 
     def forward(
         self,
@@ -337,14 +405,20 @@ class LoRunModel(PreTrainedModel):
         sigmas = task.steps.sigma() if self.uses_noise_level else None
         if image_size is None and labels is not None:
             image_size = tuple(labels.shape[-2:])
-        x = task.physics.init(measurement)
+        x = task.initial_estimate(measurement)
         if image_size is not None:
             _check_image_size(task.physics, measurement, x, image_size)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        adapter_set = None if self._adapters_disabled else self._active_set
         stages = []
         for k in range(self.config.num_stages):
-            z = task.data_step(k, x, measurement)
-            sigma = None if sigmas is None else sigmas[k].expand(z.shape[0])
-            x = self._denoise(k, z, sigma)
+            sigma = None if sigmas is None else sigmas[k].expand(x.shape[0])
+            if recompute:
+                x = self._gradient_checkpointing_func(
+                    self._stage, task, k, x, measurement, sigma, adapter_set
+                )
+            else:
+                x = self._stage(task, k, x, measurement, sigma, adapter_set)
             if return_stages:
                 stages.append(x)
         images = _crop(x, image_size)
@@ -389,14 +463,28 @@ class LoRunModel(PreTrainedModel):
                 )
         return (measurement if batched else measurement.unsqueeze(0)), batched
 
-    def restore(self, measurement: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+    def restore(
+        self,
+        measurement: Tensor,
+        image_size: tuple[int, int] | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+    ) -> Tensor:
         """Restore images from measurements: the user entry point.
 
         Accepts one measurement or a batch (layout: the active physics' ``check_measurement``), checks
-        shape, dtype and finiteness, runs in eval mode without gradients, in lorun mode with the K
-        per-stage weights materialised (the fastest merge mode), and puts back the previous train/eval
-        and merge modes afterwards. Returns ``(B, C, H, W)``, or ``(C, H, W)`` for a single measurement,
-        on the measurement's device and dtype.
+        shape, dtype and finiteness, runs in eval mode under ``torch.inference_mode`` (no graph, no
+        stage outputs kept: memory is one stage's activations), in lorun mode with the K per-stage
+        weights materialised (the fastest merge mode), and puts back the previous train/eval and merge
+        modes afterwards. Returns ``(B, C, H, W)``, or ``(C, H, W)`` for a single measurement, on the
+        measurement's device and dtype.
+
+        ``tile_size``: restore in windows of about this many image pixels a side (rounded down to whole
+        measurement cells: blocks of block CS, low-resolution pixels of SR), each with a halo of
+        ``tile_overlap`` pixels (default: a quarter of the tile) that is computed and dropped, so peak
+        memory is that of one window (docs/inference.md). Only operators whose ``grid_factor`` is set
+        act locally enough for this (block CS, SR); others raise ``ValueError``.
 
         ``image_size=(H, W)``: the size of the original image(s). A block-CS measurement does not record
         it: images whose sides are not multiples of the block were zero-padded, and without
@@ -405,6 +493,7 @@ class LoRunModel(PreTrainedModel):
         ``ValueError``. Other physics determine the size from the measurement.
         """
         y, batched = self._validated_measurement(measurement)
+        tiles = None if tile_size is None else self._tile_cells(tile_size, tile_overlap)
         reference = next(self.parameters())
         y = y.to(device=reference.device, dtype=reference.dtype)
         was_training = self.training
@@ -414,14 +503,42 @@ class LoRunModel(PreTrainedModel):
             self.eval()
             if lorun:
                 set_merge_mode(self.denoisers[0], "materialized")
-            with torch.no_grad():
-                images = self(y, image_size=image_size).images
+            with torch.inference_mode():
+                if tiles is None:
+                    images = self(y, image_size=image_size).images
+                else:
+                    images = self._restore_tiled(y, image_size, *tiles)
         finally:
             if lorun:
                 set_merge_mode(self.denoisers[0], previous_merge)
             self.train(was_training)
-        images = images.to(device=measurement.device, dtype=measurement.dtype)
+        # a copy made outside inference mode is an ordinary tensor the caller may use with autograd
+        images = images.to(device=measurement.device, dtype=measurement.dtype).clone()
         return images if batched else images[0]
+
+    def _tile_cells(self, tile_size: int, tile_overlap: int | None) -> tuple[int, int, int]:
+        """``(grid_factor, tile, overlap)`` in measurement cells, or ``ValueError`` for a bad request."""
+        physics = self.physics
+        factor = physics.grid_factor
+        if factor is None:
+            raise ValueError(
+                f"tiled restore needs an operator that acts locally on a grid; {type(physics).__name__} "
+                "does not (its grid_factor is None): call restore() without tile_size"
+            )
+        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+        for name, value, least in (("tile_size", tile_size, factor), ("tile_overlap", overlap, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least} (pixels), got {value!r}")
+        return factor, tile_size // factor, -(-overlap // factor)
+
+    def _restore_tiled(
+        self, y: Tensor, image_size: tuple[int, int] | None, factor: int, tile: int, overlap: int
+    ) -> Tensor:
+        image_shape = tuple(self.physics.image_shape(tuple(y.shape)))
+        if image_size is not None:
+            _check_image_size(self.physics, y, torch.empty(image_shape, device="meta"), image_size)
+        images = restore_in_tiles(lambda window: self(window).images, y, image_shape, factor, tile, overlap)
+        return _crop(images, image_size)
 
     # ------------------------------------------------------------------ adapter sets (phase 2)
     def _check_set(self, name: str) -> None:

@@ -199,3 +199,35 @@ def test_cassi_eval_during_training_uses_the_full_mask(tmp_path):
     assert _script("train_cassi")(argv) == 0
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert np.isfinite(summary["eval"]["psnr"]) and 0 < summary["eval"]["ssim"] <= 1
+
+
+def test_cs_phase2_at_a_new_ratio_starts_phi_from_the_backbone(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from lorun_peft.physics import derive_sampling_matrix
+
+    train = _script("train_cs")
+    backbone = tmp_path / "phase1"
+    assert train(["--smoke", "--output_dir", str(backbone)]) == 0  # 25 %: 256 rows
+    backbone_phi = load_file(backbone / "model.safetensors")["task.physics.Phi"]
+    derived = derive_sampling_matrix(backbone_phi, 103)  # 10 % of 32x32 blocks
+    distances = {}
+    for init in ("backbone", "random"):
+        argv = [
+            "--smoke",
+            "--mode",
+            "lorun",
+            "--backbone",
+            str(backbone),
+            "--ratio",
+            "0.1",
+            "--phi_init",
+            init,
+        ]
+        assert train([*argv, "--output_dir", str(tmp_path / init)]) == 0
+        phi = load_file(tmp_path / init / "ratio-10" / "task.safetensors")["physics.Phi"]
+        assert phi.shape == derived.shape
+        distances[init] = ((phi - derived).norm() / derived.norm()).item()
+    assert distances["backbone"] < 0.1 < distances["random"], distances  # 2 smoke steps move it a little
+    assert train(["--smoke", "--mode", "lorun", "--backbone", str(backbone), "--phi_init", "svd"]) == 2
+    assert "--phi_init must be one of ('backbone', 'random')" in _error(capsys)

@@ -161,3 +161,53 @@ def test_bad_inputs_raise_value_errors():
         op.hqs_step(torch.rand(1, 1, 6, 8), torch.rand(1, 4, 2, 2), 0.1)
     with pytest.raises(ValueError, match=r"expected y of shape \(1, 4, 2, 2\)"):
         op.gradient_step(torch.rand(1, 1, 8, 8), torch.rand(1, 4, 3, 2), 0.1)
+
+
+def test_derive_sampling_matrix_keeps_the_strongest_directions_for_fewer_rows():
+    from lorun_peft.physics import derive_sampling_matrix
+
+    phi = torch.randn(12, 64, dtype=torch.float64)
+    fewer = derive_sampling_matrix(phi, 5)
+    assert fewer.shape == (5, 64) and fewer.dtype == torch.float64
+    _, s, vh = torch.linalg.svd(phi, full_matrices=False)
+    torch.testing.assert_close(fewer, s[:5, None] * vh[:5])
+    # its rows lie in phi's row space: the projection onto it changes nothing
+    projector = vh.T @ vh
+    torch.testing.assert_close(fewer @ projector, fewer)
+    same = derive_sampling_matrix(phi, 12)
+    torch.testing.assert_close(same.T @ same, phi.T @ phi)  # the same measurement Gram matrix
+
+
+def test_derive_sampling_matrix_adds_orthogonal_rows_for_more_rows():
+    from lorun_peft.physics import derive_sampling_matrix
+
+    phi = torch.randn(10, 64)
+    generator = torch.Generator().manual_seed(0)
+    more = derive_sampling_matrix(phi, 30, generator)
+    assert more.shape == (30, 64) and more.dtype == torch.float32
+    assert torch.equal(more[:10], phi)
+    extra = more[10:].double()
+    torch.testing.assert_close(
+        extra @ phi.double().T, torch.zeros(20, 10, dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    median = torch.linalg.svdvals(phi.double()).median()
+    torch.testing.assert_close(
+        extra @ extra.T, median**2 * torch.eye(20, dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    assert torch.linalg.matrix_rank(more.double()) == 30
+
+
+@pytest.mark.parametrize(
+    ("phi", "rows", "message"),
+    [
+        (torch.randn(4, 4, 4), 2, "2-D"),
+        (torch.randn(4, 16), 0, r"num_rows must be an integer in \[1, 16\]"),
+        (torch.randn(4, 16), 17, r"num_rows must be an integer in \[1, 16\]"),
+        (torch.randn(4, 16), 2.0, "num_rows must be an integer"),
+    ],
+)
+def test_derive_sampling_matrix_rejects_bad_input(phi, rows, message):
+    from lorun_peft.physics import derive_sampling_matrix
+
+    with pytest.raises(ValueError, match=message):
+        derive_sampling_matrix(phi, rows)

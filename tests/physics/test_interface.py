@@ -49,9 +49,12 @@ def test_config_and_state_dict_round_trip(index):
     rebuilt.load_state_dict(op.state_dict())  # strict: same keys and shapes
     x = torch.rand(shape)
     y = op.A(x)
-    assert torch.equal(rebuilt.A(x), y)
-    assert torch.equal(rebuilt.hqs_step(x, y, 0.3), op.hqs_step(x, y, 0.3))
-    assert torch.equal(rebuilt.init(y), op.init(y))
+    for name, value in op.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], value), name
+    # Two instances may run other kernels: outputs agree to rounding, not bit for bit.
+    torch.testing.assert_close(rebuilt.A(x), y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rebuilt.hqs_step(x, y, 0.3), op.hqs_step(x, y, 0.3), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rebuilt.init(y), op.init(y), rtol=1e-6, atol=1e-6)
     assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in op.named_parameters()]
 
 
