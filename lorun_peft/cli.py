@@ -58,11 +58,24 @@ def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as error:
         raise ValueError(
             f"--device {name!r} is not a device (expected cpu, cuda, cuda:1, mps ...)"
         ) from error
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not available:
+        raise ValueError(
+            f"--device {name!r}: this PyTorch build ({torch.__version__}) has no usable {device.type} "
+            "device; use --device cpu or leave --device out"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
@@ -163,6 +176,12 @@ def _selected_set(args: argparse.Namespace, task: str | None) -> str | None:
     from lorun_peft.pretrained import adapter_set_name
 
     if args.adapter_set is not None:
+        chosen = [f"--{n}" for n in ("ratio", "scale", "kernel") if getattr(args, n) is not None]
+        if chosen:
+            raise ValueError(
+                f"--adapter-set names the set; {'/'.join(chosen)} would select another one: "
+                "give one or the other"
+            )
         return args.adapter_set
     if args.ratio is not None:
         if task not in (None, "cs"):
@@ -636,6 +655,15 @@ def run_train(args: argparse.Namespace) -> int:
         print(description)
         for options in [*phase1, *phase2]:
             print(f"  accelerate launch {script} {options}")
+    print()
+    from lorun_peft.training.precision import cpu_supports_bf16
+
+    native = "yes" if cpu_supports_bf16() else "no, so fp32"
+    print("Precision: the scripts default to --mixed_precision auto (bf16 autocast where the device computes")
+    print(
+        f"bf16 natively; this CPU: {native}) and --channels_last; --mixed_precision no --channels_last False"
+    )
+    print("trains plain fp32. --gradient_checkpointing cuts activation memory (docs/training.md).")
     print()
     print("Notes: `python examples/train_<task>.py ...` runs one process without accelerate; add")
     print("`--multi_gpu --num_processes N` after `accelerate launch` for N GPUs; `--smoke` is a seconds-long")

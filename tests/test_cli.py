@@ -282,3 +282,14 @@ def test_closed_output_pipe_ends_quietly(
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main(["train", "--task", "cs"]) == 1
     assert capsys.readouterr().err == ""  # no "lorun train: error: [Errno 32] Broken pipe" line
+
+
+def test_adapter_set_and_a_selector_together_or_an_absent_device_are_one_clear_error(
+    assets: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["info", "--adapter-set", "ratio-10", "--ratio", "0"]) == 2
+    assert "--adapter-set names the set; --ratio would select another one" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["info", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "has no usable cuda device" in err and "Traceback" not in err

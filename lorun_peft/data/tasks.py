@@ -38,6 +38,10 @@ MODES = ("shared", "block", "lorun")
 #: ``--adapter_init`` choices -> StageLoRAConfig.init_lora_weights.
 ADAPTER_INITS = {"gaussian": "gaussian", "kaiming": True}
 PHI_INITS = ("backbone", "random")
+#: The example scripts' training defaults where they differ from UnfoldingTrainingConfig's: the fastest
+#: accurate setting measured by benchmarks/bench_training_speed.py (docs/training.md): bf16 autocast
+#: where the CPU/GPU computes bf16 natively (fp32 elsewhere, logged) and channels_last convolutions.
+SCRIPT_TRAINING_DEFAULTS = {"mixed_precision": "auto", "channels_last": True}
 
 #: Default data, relative to the data root (``<repo>/../shared/data`` or ``$LORUN_DATA_DIR``).
 DEFAULT_TRAIN_DATA = {"cs": "Train400", "sr": "BSDS500_train200", "cassi": "CASSI/cubes"}
@@ -758,6 +762,7 @@ def parse_training_args(task: str, argv: list[str] | None = None, description: s
         description=description,
         formatter_class=_HelpFormatter,
     )
+    parser.set_defaults(**SCRIPT_TRAINING_DEFAULTS)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

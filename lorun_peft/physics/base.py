@@ -12,6 +12,7 @@ what is needed to rebuild the module's structure; tensors live in the state dict
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -27,11 +28,37 @@ def as_batch_scalar(value: Scalar, reference: Tensor) -> Tensor | float:
     return value
 
 
-def as_float_tensor(value: Any) -> Tensor:
-    """A detached copy of ``value`` as a tensor; floating dtypes are kept, others become the default dtype."""
+def check_step_size(name: str, value: Scalar, allow_zero: bool = False) -> None:
+    """``ValueError`` for a Python/NumPy step size that is NaN, infinite or not positive.
+
+    Tensors (learned step sizes, positive by their parametrisation) are not inspected: that would
+    synchronise the device at every stage.
+    """
+    if isinstance(value, Tensor):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {number}")
+
+
+def as_float_tensor(value: Any, name: str = "tensor") -> Tensor:
+    """A detached copy of ``value`` as a tensor; floating dtypes are kept, others become the default dtype.
+
+    ``ValueError`` (naming ``name``) when it is empty or holds a NaN or infinite value: an operator
+    built from one would return NaN for every input.
+    """
     tensor = torch.as_tensor(value).detach()
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); expected a non-empty array")
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); expected finite numbers")
     return tensor.clone()
 
 
@@ -72,6 +99,7 @@ class LinearOperator(nn.Module):
 
     def gradient_step(self, x: Tensor, y: Tensor, rho: Scalar) -> Tensor:
         """PGD data step (eq. 5): ``x - rho * A^T (A x - y)``."""
+        check_step_size("rho", rho)
         return x - as_batch_scalar(rho, x) * self.A_adjoint(self.residual(x, y))
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
@@ -85,9 +113,18 @@ class LinearOperator(nn.Module):
     def measure(
         self, x: Tensor, noise_sigma: float = 0.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Simulate ``y = A x + n`` with white Gaussian noise of standard deviation ``noise_sigma``."""
-        if noise_sigma < 0:
-            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+        """Simulate ``y = A x + n`` with white Gaussian noise of standard deviation ``noise_sigma``.
+
+        ``x`` must be a floating-point tensor (an integer image would be measured with a ``Phi`` cast to
+        integers, i.e. zeros); ``noise_sigma`` a finite number >= 0.
+        """
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            kind = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(
+                "measure() needs a floating-point image tensor (e.g. x.float() / 255 for 8-bit images), "
+                f"got {kind}"
+            )
+        check_step_size("noise_sigma", noise_sigma, allow_zero=True)
         y = self.A(x)
         if noise_sigma > 0:
             noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, register_physics
+from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, check_step_size, register_physics
 from .io import load_mat_array
 
 
@@ -34,7 +34,7 @@ class CASSI(LinearOperator):
 
     def __init__(self, mask: Tensor, step: int = 2) -> None:
         super().__init__()
-        mask = as_float_tensor(mask)
+        mask = as_float_tensor(mask, "CASSI mask")
         if mask.ndim != 2:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected a 2-D (H, W) coded aperture")
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
@@ -115,6 +115,7 @@ class CASSI(LinearOperator):
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
         """``x = z + A^T((y - A z) / (Phi_s + mu))``: exact because ``Phi Phi^T = diag(Phi_s)``."""
+        check_step_size("mu", mu)
         self._check_image(tuple(z.shape))
         bands = z.shape[1]
         if self.bands(y) != bands:

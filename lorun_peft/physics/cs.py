@@ -19,11 +19,12 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import LinearOperator, Scalar, as_float_tensor, register_physics
+from .base import LinearOperator, Scalar, as_float_tensor, check_step_size, register_physics
 from .io import load_mat_array
 
 #: Row counts of ISTA-Net's fixed 33x33 matrices ``phi_0_{R}_1089.mat`` (CS ratio R in %). They are
@@ -50,7 +51,11 @@ def num_measurements(ratio: float, block_size: int) -> int:
 
 
 def _check_ratio(ratio: float) -> None:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+    """Any real number (Python or NumPy) in (0, 1]; bools, strings and tensors are refused."""
+    number = isinstance(ratio, (int, float, np.integer, np.floating)) and not isinstance(
+        ratio, (bool, np.bool_)
+    )
+    if not number or not 0 < float(ratio) <= 1:
         raise ValueError(f"CS ratio must be a number in (0, 1], got {ratio!r}")
 
 
@@ -95,7 +100,7 @@ class BlockCS(LinearOperator):
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
         area = block_size * block_size
         if matrix is not None:
-            matrix = as_float_tensor(matrix)
+            matrix = as_float_tensor(matrix, "CS sampling matrix")
             if matrix.ndim != 2 or matrix.shape[1] != area:
                 raise ValueError(
                     f"matrix has shape {tuple(matrix.shape)}, "
@@ -197,6 +202,7 @@ class BlockCS(LinearOperator):
         shared by all blocks (one per batch item when ``mu`` is a ``(B,)`` tensor), and the residual
         form avoids dividing by ``mu``.
         """
+        check_step_size("mu", mu)
         self._check_grid(z)
         residual = -self.residual(z, y)
         batch, _, h, w = residual.shape

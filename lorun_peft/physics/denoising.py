@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, register_physics
+from .base import LinearOperator, Scalar, as_batch_scalar, check_step_size, register_physics
 
 
 @register_physics
@@ -33,6 +33,7 @@ class Denoising(LinearOperator):
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
         """``(y + mu z) / (1 + mu)``."""
+        check_step_size("mu", mu)
         self._check(z, "iterate")
         if z.shape != y.shape:
             raise ValueError(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, register_physics
+from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, check_step_size, register_physics
 
 #: How far a kernel's sum may be from 1. USRNet's bicubic kernels sum to 1 within 1.1e-4; they are
 #: used as given (not renormalised) so that the operator is the published one.
@@ -75,7 +75,7 @@ class BlurDownsample(LinearOperator):
 
     def __init__(self, kernel: Tensor, scale: int) -> None:
         super().__init__()
-        kernel = as_float_tensor(kernel)
+        kernel = as_float_tensor(kernel, "blur kernel")
         check_kernel(kernel)
         self.scale = _check_scale(scale)
         self.register_buffer("kernel", kernel)
@@ -127,6 +127,7 @@ class BlurDownsample(LinearOperator):
         ``A A^T`` has the symbol ``mean over the s x s aliases of |FFT(k)|^2`` (USRNet's ``invW``), so
         this equals USRNet's data module ``(H^T S^T S H + mu I)^-1 (H^T S^T y + mu z)`` exactly.
         """
+        check_step_size("mu", mu)
         residual = -self.residual(z, y)
         s = self.scale
         height, width = z.shape[-2:]

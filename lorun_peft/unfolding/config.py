@@ -10,6 +10,7 @@ adapter sets attached at run time, and adapter sets are saved apart.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -54,8 +55,13 @@ class LoRunConfig(PreTrainedConfig):
             )
         if self.mode not in BACKBONE_MODES:
             raise ValueError(f"mode must be one of {BACKBONE_MODES}, got {self.mode!r}")
-        if self.step_init <= 0:
-            raise ValueError(f"step_init must be > 0, got {self.step_init}")
+        if (
+            isinstance(self.step_init, bool)
+            or not isinstance(self.step_init, (int, float))
+            or not math.isfinite(self.step_init)
+            or self.step_init <= 0
+        ):
+            raise ValueError(f"step_init must be a finite positive number, got {self.step_init!r}")
         if self.physics is not None and "type" not in self.physics:
             raise ValueError("physics must be a LinearOperator.get_config() dict with a 'type' key")
         if self.denoiser is not None and "model_type" not in self.denoiser:

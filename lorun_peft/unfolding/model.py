@@ -123,6 +123,23 @@ def _crop(x: Tensor, image_size: tuple[int, ...] | None) -> Tensor:
     return x[..., :height, :width]
 
 
+def _check_autocast_dtype(dtype: torch.dtype | None, device: torch.device) -> None:
+    """``ValueError`` unless ``dtype`` is None or a half type the device computes natively."""
+    from lorun_peft.training.precision import device_supports_bf16
+
+    if dtype is None:
+        return
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"autocast_dtype=torch.float16 needs a CUDA GPU, the model is on {device.type}")
+    if dtype == torch.bfloat16 and not device_supports_bf16(device):
+        raise ValueError(
+            f"autocast_dtype=torch.bfloat16 needs native bf16 on the {device.type} (AVX512-BF16 or AMX on "
+            "a CPU); without it PyTorch emulates bf16, far slower than fp32. Leave autocast_dtype=None"
+        )
+
+
 def _check_image_size(
     physics: LinearOperator, measurement: Tensor, grid: Tensor, image_size: tuple[int, ...]
 ) -> None:
@@ -470,6 +487,7 @@ class LoRunModel(PreTrainedModel):
         *,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Restore images from measurements: the user entry point.
 
@@ -486,6 +504,11 @@ class LoRunModel(PreTrainedModel):
         memory is that of one window (docs/inference.md). Only operators whose ``grid_factor`` is set
         act locally enough for this (block CS, SR); others raise ``ValueError``.
 
+        ``autocast_dtype=torch.bfloat16`` (opt-in): run the denoisers under ``torch.autocast`` in bf16, the
+        physics staying fp32; refused where the device does not compute bf16 natively (CPUs without
+        AVX512-BF16/AMX emulate it far slower than fp32). Its accuracy cost is measured in
+        docs/inference.md.
+
         ``image_size=(H, W)``: the size of the original image(s). A block-CS measurement does not record
         it: images whose sides are not multiples of the block were zero-padded, and without
         ``image_size`` the estimate of the padded grid ``(ceil(H/b)*b, ceil(W/b)*b)`` is returned (crop
@@ -495,6 +518,7 @@ class LoRunModel(PreTrainedModel):
         y, batched = self._validated_measurement(measurement)
         tiles = None if tile_size is None else self._tile_cells(tile_size, tile_overlap)
         reference = next(self.parameters())
+        _check_autocast_dtype(autocast_dtype, reference.device)
         y = y.to(device=reference.device, dtype=reference.dtype)
         was_training = self.training
         lorun = self._active_set is not None and not self._adapters_disabled
@@ -503,7 +527,12 @@ class LoRunModel(PreTrainedModel):
             self.eval()
             if lorun:
                 set_merge_mode(self.denoisers[0], "materialized")
-            with torch.inference_mode():
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    reference.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                ),
+            ):
                 if tiles is None:
                     images = self(y, image_size=image_size).images
                 else:

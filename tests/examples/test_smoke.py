@@ -231,3 +231,13 @@ def test_cs_phase2_at_a_new_ratio_starts_phi_from_the_backbone(tmp_path, capsys)
     assert distances["backbone"] < 0.1 < distances["random"], distances  # 2 smoke steps move it a little
     assert train(["--smoke", "--mode", "lorun", "--backbone", str(backbone), "--phi_init", "svd"]) == 2
     assert "--phi_init must be one of ('backbone', 'random')" in _error(capsys)
+
+
+def test_scripts_default_to_the_measured_fastest_precision_and_layout():
+    from lorun_peft.data.tasks import SCRIPT_TRAINING_DEFAULTS, parse_training_args
+
+    *_, training = parse_training_args("cs", ["--output_dir", "x"])
+    assert (training.mixed_precision, training.channels_last) == ("auto", True)
+    assert SCRIPT_TRAINING_DEFAULTS == {"mixed_precision": "auto", "channels_last": True}
+    *_, plain = parse_training_args("cs", ["--mixed_precision", "no", "--channels_last", "False"])
+    assert (plain.mixed_precision, plain.channels_last) == ("no", False)

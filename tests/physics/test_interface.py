@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from physics_testing import dense_hqs, dense_matrix
@@ -125,8 +126,26 @@ def test_measure_adds_gaussian_noise_reproducibly():
     again = op.measure(x, noise_sigma=0.1, generator=torch.Generator().manual_seed(7))
     assert torch.equal(noisy, again)
     assert abs(float((noisy - clean).std()) - 0.1) < 0.005
-    with pytest.raises(ValueError, match="noise_sigma must be >= 0"):
-        op.measure(x, noise_sigma=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise_sigma must be a finite number >= 0"):
+            op.measure(x, noise_sigma=bad)
+    assert torch.equal(op.measure(x, noise_sigma=np.float32(0.0)), clean)  # NumPy numbers are numbers
+
+
+def test_integer_images_and_bad_step_sizes_are_refused():
+    cs = BlockCS(0.25, block_size=8)
+    with pytest.raises(TypeError, match=r"floating-point image tensor.*torch.int64"):
+        cs.measure(torch.randint(0, 255, (1, 1, 16, 16)))
+    x = torch.rand(1, 1, 16, 16)
+    y = cs.measure(x)
+    for bad in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="mu must be a finite number > 0"):
+            cs.hqs_step(x, y, bad)
+        with pytest.raises(ValueError, match="rho must be a finite number > 0"):
+            cs.gradient_step(x, y, bad)
+    with pytest.raises(TypeError, match="rho must be a number or a tensor"):
+        cs.gradient_step(x, y, "0.5")
+    torch.testing.assert_close(cs.gradient_step(x, y, np.float64(0.5)), cs.gradient_step(x, y, 0.5))
 
 
 def test_pgd_iterations_reduce_the_data_misfit():
@@ -156,3 +175,24 @@ def test_denoising_is_the_identity_with_a_weighted_average_hqs_step():
         op.A(torch.rand(3, 4))
     with pytest.raises(ValueError, match=r"expected the iterate's \(1, 2, 3, 4\)"):
         op.hqs_step(z, torch.rand(1, 2, 3, 5), 0.1)
+
+
+def test_operators_refuse_empty_or_non_finite_tensors_and_accept_numpy_ratios():
+    bad_phi = torch.randn(16, 64)
+    bad_phi[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="CS sampling matrix holds 1 NaN or infinite"):
+        BlockCS(0.25, block_size=8, matrix=bad_phi)
+    mask = torch.rand(8, 8)
+    mask[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="CASSI mask holds 1 NaN or infinite"):
+        CASSI(mask)
+    with pytest.raises(ValueError, match="CASSI mask is empty"):
+        CASSI(torch.zeros(0, 0))
+    kernel = gaussian_kernel(5, 1.0)
+    kernel[2, 2] = float("nan")
+    with pytest.raises(ValueError, match="blur kernel holds 1 NaN"):
+        BlurDownsample(kernel, 2)
+    assert BlockCS(np.float32(0.25), block_size=8).num_rows == 16
+    for bad in ("0.25", True, torch.tensor(0.25)):
+        with pytest.raises(ValueError, match=r"CS ratio must be a number in \(0, 1\]"):
+            BlockCS(bad, block_size=8)

@@ -81,3 +81,22 @@ def test_restore_rejects_non_finite_values_and_says_where(value, name):
         model.restore(bad)
     with pytest.raises(ValueError, match=rf"{name}.*index \(3, 0, 1\)"):
         model.restore(bad[1])
+
+
+def test_restore_in_bf16_autocast_is_close_to_fp32_and_needs_native_bf16(monkeypatch):
+    from lorun_peft.training import precision
+
+    model, _, measurement = make_model("cs")
+    full = model.restore(measurement)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # emulated here; exact about dtypes
+    half = model.restore(measurement, autocast_dtype=torch.bfloat16)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, atol=3e-2, rtol=0)
+    assert (half - full).abs().max() > 0, "the denoisers must have run in bf16"
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="needs native bf16"):
+        model.restore(measurement, autocast_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="float16 needs a CUDA GPU"):
+        model.restore(measurement, autocast_dtype=torch.float16)
+    with pytest.raises(ValueError, match="autocast_dtype must be None, torch.bfloat16"):
+        model.restore(measurement, autocast_dtype=torch.float64)

@@ -58,3 +58,14 @@ def test_steps_reject_bad_arguments():
 
 def test_inverse_softplus_formula():
     assert inverse_softplus(0.5) == pytest.approx(math.log(math.exp(0.5) - 1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -0.5])
+def test_non_finite_or_non_positive_step_init_is_refused(bad):
+    from lorun_peft.denoisers import UNetConfig, UNetDenoiser
+    from lorun_peft.physics import BlockCS
+    from lorun_peft.unfolding import LoRunModel
+
+    denoiser = UNetDenoiser(UNetConfig(in_channels=1, out_channels=1, base_channels=4, depth=2))
+    with pytest.raises(ValueError, match="finite positive number"):
+        LoRunModel.from_components(BlockCS(0.25, block_size=8), denoiser, num_stages=2, step_init=bad)
