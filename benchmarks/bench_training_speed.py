@@ -339,7 +339,8 @@ def forward_ratios(args: argparse.Namespace) -> dict:
     for setup_name in args.setups:
         setup = SETUPS[setup_name]
         images = batch_of(setup)
-        for setting in [s for s in _settings(args.bf16) if "ckpt" not in s]:
+        settings = [s for s in _settings(args.bf16) if "ckpt" not in s]
+        for setting in [s for s in settings if args.settings is None or s in args.settings]:
             models = {}
             for variant in VARIANTS:
                 model = build_model(setup, variant)

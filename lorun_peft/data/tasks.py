@@ -174,6 +174,13 @@ class ModelArguments:
     backbone: str | None = field(
         default=None, metadata={"help": "Phase-1 backbone (folder or Hub id) for --mode lorun."}
     )
+    warm_start: str | None = field(
+        default=None,
+        metadata={
+            "help": "--mode shared/block: start from this saved model (folder or Hub id) instead of a fresh "
+            "one, with a new schedule: a further training leg of a backbone (its denoiser, Phi, steps)."
+        },
+    )
     adapter_set_name: str | None = field(
         default=None,
         metadata={
@@ -245,6 +252,10 @@ class ModelArguments:
             raise ValueError("--mode lorun needs --backbone DIR (the phase-1 model saved by --mode shared)")
         if self.mode != "lorun" and self.backbone:
             raise ValueError(f"--backbone is only used with --mode lorun, got --mode {self.mode}")
+        if self.mode == "lorun" and self.warm_start:
+            raise ValueError(
+                "--warm_start continues a backbone (--mode shared/block); phase 2 uses --backbone"
+            )
         if self.phi_init not in PHI_INITS:
             raise ValueError(f"--phi_init must be one of {PHI_INITS}, got {self.phi_init!r}")
         if self.algorithm is not None and self.algorithm not in ("pgd", "hqs"):
@@ -647,6 +658,8 @@ def run_training(
         )
         if not model_args.train_adapters:
             freeze_adapters(model, adapter_names)
+    elif model_args.warm_start:
+        model = _warm_start_model(model_args, task, physics)
     else:
         denoiser = build_denoiser(
             model_args.denoiser,
@@ -701,6 +714,25 @@ def run_training(
         tmp.write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
         os.replace(tmp, output_dir / "run_summary.json")
     return summary
+
+
+def _warm_start_model(model_args: ModelArguments, task: str, physics: Any) -> Any:
+    """The saved model of ``--warm_start``, checked against this run's mode and physics, in train mode."""
+    from lorun_peft.unfolding import LoRunModel
+
+    model = LoRunModel.from_pretrained(model_args.warm_start).train()
+    if model.config.mode != model_args.mode:
+        raise ValueError(
+            f"--warm_start {model_args.warm_start} is a {model.config.mode!r} model, but --mode is "
+            f"{model_args.mode!r}"
+        )
+    saved = model.task.physics.get_config()
+    if saved != physics.get_config():
+        raise ValueError(
+            f"--warm_start {model_args.warm_start} was trained with physics {saved}, this run asks for "
+            f"{physics.get_config()}: pass the same task options"
+        )
+    return model
 
 
 def _start_from_backbone_phi(physics: Any, backbone_physics: Any, seed: int) -> None:

@@ -152,17 +152,19 @@ class StageLoRALayer(nn.Module, LoraLayer):
         return delta if scaling == 1 else delta * scaling
 
     def merged_weight(self, adapter: str) -> Tensor:
-        """``W0 + dW`` of ``adapter``, differentiable (the in-forward merge)."""
-        return self.base_layer.weight + self.get_delta_weight(adapter)
+        """``W0 + dW`` of ``adapter``, differentiable (the in-forward merge), in ``W0``'s memory layout."""
+        weight = self.base_layer.weight
+        return _in_layout_of(weight, weight + self.get_delta_weight(adapter))
 
     def _fused_merged_weight(self, adapter: str) -> Tensor:
         """``W0 + dW`` as one ``addmm`` on the 2-D views (eq. 4 is a reshape of ``B @ A``)."""
         weight = self.base_layer.weight
         weight_a, weight_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
         if not (weight.is_contiguous() and weight.dtype == weight_a.dtype == weight_b.dtype):
-            return weight + self.get_delta_weight(adapter)
+            return _in_layout_of(weight, weight + self.get_delta_weight(adapter))
         flat = weight.view(weight_b.shape[0], weight_a.shape[1])
-        return torch.addmm(flat, weight_b, weight_a, alpha=self.scaling[adapter]).view(weight.shape)
+        merged = torch.addmm(flat, weight_b, weight_a, alpha=self.scaling[adapter]).view(weight.shape)
+        return _in_layout_of(weight, merged)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove ``adapter_name``; unlike PEFT's version it never flips ``requires_grad`` of the others."""
@@ -284,6 +286,21 @@ class StageLoRALayer(nn.Module, LoraLayer):
 
     def __repr__(self) -> str:
         return "stage_lora." + super().__repr__()
+
+
+def _in_layout_of(base: Tensor, merged: Tensor) -> Tensor:
+    """``merged`` with exactly ``base``'s strides (differentiably copied when they differ).
+
+    A ``channels_last`` base weight plus a contiguous ``dW`` can come out in the other layout (always
+    for 1x1 kernels, whose two layouts both count as contiguous), and a conv whose weight and input
+    layouts differ converts its input on every call: LoRun-9 ran 1.3x slower than Block-9 in bf16
+    channels_last before this (benchmarks/bench_training_speed.py --forward).
+    """
+    if merged.stride() == base.stride():
+        return merged
+    out = torch.empty_like(base, dtype=merged.dtype)
+    out.copy_(merged)
+    return out
 
 
 def _paper_factors(c_in: int, c_out: int, kh: int, kw: int, r: int) -> tuple[nn.Module, nn.Module]:

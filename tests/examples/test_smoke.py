@@ -241,3 +241,32 @@ def test_scripts_default_to_the_measured_fastest_precision_and_layout():
     assert SCRIPT_TRAINING_DEFAULTS == {"mixed_precision": "auto", "channels_last": True}
     *_, plain = parse_training_args("cs", ["--mixed_precision", "no", "--channels_last", "False"])
     assert (plain.mixed_precision, plain.channels_last) == ("no", False)
+
+
+def test_warm_start_continues_a_saved_backbone_with_a_new_schedule(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    train = _script("train_cs")
+    first, second = tmp_path / "leg1", tmp_path / "leg2"
+    assert train(["--smoke", "--output_dir", str(first)]) == 0
+    argv = ["--smoke", "--warm_start", str(first), "--learning_rate", "1e-9", "--output_dir", str(second)]
+    assert train(argv) == 0  # Adam moves each weight by about lr per step: the leg starts from leg 1
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-7, rtol=0, msg=key)
+    fresh = tmp_path / "fresh"
+    assert train(["--smoke", "--seed", "1", "--learning_rate", "1e-9", "--output_dir", str(fresh)]) == 0
+    assert not torch.allclose(
+        load_file(fresh / "model.safetensors")["task.physics.Phi"], before["task.physics.Phi"]
+    )
+    assert (
+        train(["--smoke", "--warm_start", str(first), "--mode", "block", "--output_dir", str(tmp_path / "b")])
+        == 2
+    )
+    assert "is a 'shared' model, but --mode is 'block'" in _error(capsys)
+    argv = ["--smoke", "--warm_start", str(first), "--ratio", "0.1", "--output_dir", str(tmp_path / "r")]
+    assert train(argv) == 2
+    assert "was trained with physics" in _error(capsys)
+    assert train(["--smoke", "--mode", "lorun", "--backbone", str(first), "--warm_start", str(first)]) == 2
+    assert "phase 2 uses --backbone" in _error(capsys)

@@ -157,3 +157,23 @@ def test_mixed_batch_adapter_names_rejected(tiny):
     add_stage_adapters(model, "s", StageLoRAConfig(num_stages=1))
     with pytest.raises(ValueError, match="adapter_names"):
         model.c1(torch.randn(1, 3, 4, 4), adapter_names=["s/stage_00"])
+
+
+@pytest.mark.parametrize("layout", ["paper", "peft"])
+def test_merged_weights_keep_the_base_weights_memory_layout(layout):
+    """channels_last bases (3x3, 1x1 and single-input-channel convs) get merged weights with their strides,
+    so a conv never has to convert its input between layouts (which cost LoRun 1.3x in bf16)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 1, 1))
+    model = model.to(memory_format=torch.channels_last)
+    add_stage_adapters(model, "s", StageLoRAConfig(num_stages=2, gamma=50, conv_layout=layout))
+    layers = [m for m in model.modules() if isinstance(m, StageLoRALayer)]
+    for layer in layers:
+        with torch.no_grad():
+            for p in layer.lora_B.parameters():
+                p.normal_()
+        adapter = next(iter(layer.lora_A))
+        base = layer.base_layer.weight
+        assert layer.merged_weight(adapter).stride() == base.stride()
+        assert layer.materialize(adapter).stride() == base.stride()
+        torch.testing.assert_close(layer.merged_weight(adapter), base + layer.get_delta_weight(adapter))
