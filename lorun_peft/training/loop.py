@@ -460,6 +460,8 @@ def train(
         accelerator.free_memory()
         gc.collect()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank has finished all of its collectives before any rank tears the group down
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return result
 

@@ -46,9 +46,26 @@ def _run_with_output(command: list[str], env: dict[str, str], timeout: float) ->
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
+        _kill_workers(command)  # the launcher starts its workers in sessions of their own
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker still holds the pipes
+            out, err = "", ""
         pytest.fail(f"timed out after {timeout} s; stdout:\n{out[-3000:]}\nstderr:\n{err[-5000:]}")
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def _kill_workers(command: list[str]) -> None:
+    """SIGKILL every process whose command line holds this run's unique ``--output-dir``."""
+    marker = command[command.index("--output-dir") + 1].encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _report(folder: Path, rank: int = 0) -> dict:
