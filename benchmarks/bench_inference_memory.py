@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from memory_probe import emit, reset_peak, run_child, status_kb
 
+from lorun_peft.evaluation.report import write_atomic
+
 CASES = {
     "cs-full": ("cs", None),
     "cs-tiled": ("cs", 256),
@@ -222,12 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(path: Path | None, results: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(results, indent=1))
-    tmp_path.replace(path)
+    if path is not None:
+        write_atomic(path, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 from memory_probe import emit, persistent_state_bytes, reset_peak, run_child, status_kb
 
+from lorun_peft.evaluation.report import write_atomic
+
 SETUPS = {
     "small": {"denoiser": "unet", "width": 16, "batch": 8, "size": 64},
     "paper": {"denoiser": "unet", "width": 32, "batch": 1, "size": 256},
@@ -494,10 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.accuracy is not None:
             results["accuracy"] = accuracy(args)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(args.output)
+        write_atomic(args.output, json.dumps(results, indent=1))
     return 0
 
 
