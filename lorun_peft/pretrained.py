@@ -24,6 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 if TYPE_CHECKING:
     from lorun_peft.unfolding import LoRunModel
 
@@ -36,8 +40,10 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "pretrained_dir",
+    "pretrained_kernels",
     "pretrained_root",
     "read_manifest",
+    "resolve_sr_set",
     "save_pretrained_assets",
 ]
 
@@ -46,11 +52,13 @@ PRETRAINED_ENV = "LORUN_PRETRAINED_DIR"
 #: Tasks a pretrained model may be shipped for, with a one-line description.
 PRETRAINED_TASKS = {
     "cs": "block compressive sensing, gray, learned Phi (sets ratio-XX)",
-    "sr": "super-resolution with a blur kernel, RGB (sets x{scale}-k{kernel})",
-    "cassi": "SD-CASSI spectral snapshot imaging (sets mask-XX)",
+    "sr": "super-resolution with a blur kernel, RGB (sets x{scale}: any of 12 kernels; x{scale}-k{kernel})",
+    "cassi": "SD-CASSI spectral snapshot imaging, 28 bands (sets mask-28: simulation mask, mask-real: TSA)",
 }
 #: The set :func:`load_pretrained` activates when none is named (if installed; else the first one).
-DEFAULT_ADAPTER_SETS = {"cs": "ratio-25", "sr": "x2-k1"}
+DEFAULT_ADAPTER_SETS = {"cs": "ratio-25", "sr": "x2-k1", "cassi": "mask-28"}
+#: The 12 USRNet kernels the shipped SR all-kernel sets (``x2``, ``x3``, ``x4``) were trained on.
+KERNELS_FILE = "kernels_12.safetensors"
 
 BACKBONE_DIR = "backbone"
 ADAPTERS_DIR = "adapters"
@@ -222,21 +230,84 @@ def load_pretrained(
     return load_model(task_dir / BACKBONE_DIR, adapters, active)
 
 
+def pretrained_kernels(root: str | os.PathLike | None = None) -> torch.Tensor:
+    """The ``(12, 25, 25)`` kernels shipped with the SR model (USRNet's kernels_12.mat, K1..K12)."""
+    path = pretrained_dir("sr", root) / KERNELS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped SR model has no {KERNELS_FILE} ({path}); pass a kernels file")
+    return load_file(str(path))["kernels"].float()
+
+
+def resolve_sr_set(names: list[str], scale: int, kernel: str | int | None) -> tuple[str, int | None]:
+    """The SR set for ``scale`` and ``kernel`` among ``names``, and the kernel index to write into it.
+
+    A single-kernel set ``x{scale}-k{n}`` (``n`` = 1 by default) is used as trained (index ``None``) when
+    installed; otherwise the all-kernel set ``x{scale}`` with kernel ``n`` written into its physics.
+    """
+    single = adapter_set_name("sr", scale=scale, kernel=kernel)
+    index = int(single.rsplit("-k", 1)[1]) - 1
+    if single in names:
+        return single, None
+    if f"x{scale}" in names:
+        return f"x{scale}", index
+    raise ValueError(
+        f"no SR adapter set for x{scale} kernel K{index + 1}: expected {single!r} or the all-kernel set "
+        f"'x{scale}'; installed: {', '.join(names) or 'none'}"
+    )
+
+
+def cast_safetensors_file(path: str | os.PathLike, dtype: torch.dtype) -> None:
+    """Rewrite a ``.safetensors`` file with its floating tensors in ``dtype`` (metadata kept; atomic)."""
+    path = Path(path)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(cast, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _rounded_copy(model: LoRunModel, dtype: torch.dtype) -> LoRunModel:
+    """A copy of ``model`` whose floating tensors hold values exactly representable in ``dtype``.
+
+    Saved from this copy, each adapter set records the fingerprint of the rounded backbone it is shipped
+    with, so the sets load onto it; the caller's model is left untouched.
+    """
+    import copy
+
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in [*rounded.parameters(), *rounded.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).to(tensor.dtype))
+    return rounded
+
+
 def save_pretrained_assets(
     model: LoRunModel,
     task: str,
     root: str | os.PathLike | None = None,
     manifest: dict[str, Any] | None = None,
+    storage_dtype: torch.dtype | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write ``model``'s backbone and every resident adapter set as ``<root>/<task>/`` (the shipped layout).
 
     The whole task folder is built in a temporary folder beside it and swapped in with ``os.replace``, so
     a reader never sees half an asset tree. ``manifest`` (JSON-serialisable) becomes ``manifest.json``.
-    Returns the task folder.
+    ``storage_dtype`` (``torch.float16`` / ``torch.bfloat16``) rounds every floating tensor of a copy of
+    the model to that precision and stores it so, halving the files; loading casts back to float32 (the
+    backbone fingerprint the sets record is the rounded one). ``extra_tensors``
+    maps file names to tensors written beside the backbone (e.g. the SR kernels). Returns the task folder.
     """
+    if storage_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"storage_dtype must be None, float32, float16 or bfloat16, got {storage_dtype}")
     _check_task(task)
     if model.config.mode != "shared":
         raise ValueError(f"pretrained assets hold a shared (phase-1) backbone, this model is {model.mode!r}")
+    if storage_dtype not in (None, torch.float32):
+        model = _rounded_copy(model, storage_dtype)
     base = pretrained_root(root)
     base.mkdir(parents=True, exist_ok=True)
     target = base / task
@@ -245,6 +316,13 @@ def save_pretrained_assets(
         model.save_pretrained(tmp / BACKBONE_DIR)
         for name in model.list_adapter_sets():
             model.save_adapter_set(tmp / ADAPTERS_DIR, name)
+        for filename, tensors in (extra_tensors or {}).items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / filename))
+        if storage_dtype not in (None, torch.float32):
+            for path in sorted((tmp / BACKBONE_DIR).rglob("*.safetensors")) + sorted(
+                (tmp / ADAPTERS_DIR).rglob("*.safetensors")
+            ):
+                cast_safetensors_file(path, storage_dtype)
         if manifest is not None:
             (tmp / MANIFEST).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"

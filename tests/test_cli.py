@@ -293,3 +293,76 @@ def test_adapter_set_and_a_selector_together_or_an_absent_device_are_one_clear_e
         assert main(["info", "--device", "cuda"]) == 2
         err = capsys.readouterr().err
         assert "has no usable cuda device" in err and "Traceback" not in err
+
+
+def test_restore_sr_with_an_all_kernel_set_writes_the_chosen_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from lorun_peft import BlurDownsample, LoRunModel, StageLoRAConfig, UNetConfig, UNetDenoiser
+    from lorun_peft.physics import gaussian_kernel
+    from lorun_peft.pretrained import save_pretrained_assets
+
+    torch.manual_seed(0)
+    kernels = torch.stack([gaussian_kernel(5, 0.5 + 0.2 * i) for i in range(12)])
+    denoiser = UNetDenoiser(UNetConfig(in_channels=3, out_channels=3, base_channels=4, depth=2))
+    model = LoRunModel.from_components(BlurDownsample(kernels[0], 2), denoiser, num_stages=2)
+    model.add_stage_adapters(
+        "x2", StageLoRAConfig(num_stages=2, gamma=50), physics=BlurDownsample(kernels[0], 2)
+    )
+    save_pretrained_assets(
+        model, "sr", tmp_path, extra_tensors={"kernels_12.safetensors": {"kernels": kernels}}
+    )
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    source = _sample_png(tmp_path / "rgb.png", "astronaut", (40, 40), mode="RGB")
+    output = tmp_path / "out.png"
+    assert (
+        main(
+            [
+                "restore",
+                str(source),
+                "--task",
+                "sr",
+                "--scale",
+                "2",
+                "--kernel",
+                "K7",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "kernel K7 in the all-kernel set x2" in out and "adapter set x2" in out
+    assert main(["restore", str(source), "--task", "sr", "--scale", "3"]) == 2
+    assert "expected 'x3-k1' or the all-kernel set 'x3'; installed: x2" in capsys.readouterr().err
+
+
+def test_restore_real_tsa_measurement_scales_meas_real(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from scipy.io import savemat
+
+    from lorun_peft import CASSI, LoRunModel
+    from lorun_peft.data.tasks import build_denoiser
+    from lorun_peft.pretrained import save_pretrained_assets
+
+    torch.manual_seed(0)
+    mask = torch.rand(16, 16)
+    model = LoRunModel.from_components(
+        CASSI(mask), build_denoiser("unet", 4, 4, 2), num_stages=2, algorithm="hqs"
+    )
+    save_pretrained_assets(model, "cassi", tmp_path)
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    cube = torch.rand(1, 4, 16, 16)
+    y = CASSI(mask).A(cube)[0]
+    savemat(tmp_path / "scene.mat", {"meas_real": (y / 2).numpy()})  # TSA stores y / (C / 2)
+    output = tmp_path / "scene.png"
+    assert main(["restore", str(tmp_path / "scene.mat"), "--task", "cassi", "--output", str(output)]) == 0
+    assert "meas_real) multiplied by 2" in capsys.readouterr().out
+    restored = torch.from_numpy(np.load(output.with_suffix(".npy")))
+    with torch.no_grad():
+        expected = model.eval().restore(y)
+    torch.testing.assert_close(
+        restored, expected[0] if expected.ndim == 4 else expected, atol=1e-4, rtol=1e-4
+    )

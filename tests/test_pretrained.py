@@ -23,6 +23,7 @@ from lorun_peft.pretrained import (
     load_pretrained,
     pretrained_root,
     read_manifest,
+    resolve_sr_set,
     save_pretrained_assets,
 )
 
@@ -205,3 +206,75 @@ def test_adapter_set_names(task: str, kwargs: dict, expected: str) -> None:
 def test_adapter_set_name_errors(task: str, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         adapter_set_name(task, **kwargs)
+
+
+def test_half_precision_storage_halves_the_files_and_loads_back_as_float32(tmp_path: Path) -> None:
+    model = tiny_cs_model()
+    save_pretrained_assets(model, "cs", tmp_path / "f32")
+    save_pretrained_assets(model, "cs", tmp_path / "f16", storage_dtype=torch.float16)
+    files32 = sorted((tmp_path / "f32" / "cs").rglob("*.safetensors"))
+    files16 = sorted((tmp_path / "f16" / "cs").rglob("*.safetensors"))
+    assert [p.relative_to(tmp_path / "f32") for p in files32] == [
+        p.relative_to(tmp_path / "f16") for p in files16
+    ]
+    assert sum(p.stat().st_size for p in files16) < 0.6 * sum(p.stat().st_size for p in files32)
+    full = load_pretrained("cs", "ratio-25", tmp_path / "f32")
+    half = load_pretrained("cs", "ratio-25", tmp_path / "f16")
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        assert torch.equal(b, a.to(torch.float16).to(a.dtype)), name  # exactly the fp16 rounding
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = full.physics.measure(x)
+        torch.testing.assert_close(half(y).images, full(y).images, atol=5e-3, rtol=0)
+    with pytest.raises(ValueError, match="storage_dtype"):
+        save_pretrained_assets(model, "cs", tmp_path / "bad", storage_dtype=torch.int8)
+
+
+def test_extra_tensors_ship_beside_the_backbone(tmp_path: Path) -> None:
+    from lorun_peft.pretrained import pretrained_kernels
+
+    kernels = torch.rand(12, 25, 25)
+    save_pretrained_assets(
+        tiny_sr_model(), "sr", tmp_path, extra_tensors={"kernels_12.safetensors": {"kernels": kernels}}
+    )
+    assert torch.equal(pretrained_kernels(tmp_path), kernels)
+    save_pretrained_assets(tiny_sr_model(), "sr", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="kernels_12"):
+        pretrained_kernels(tmp_path / "none")
+
+
+@pytest.mark.parametrize(
+    "names, scale, kernel, expected",
+    [
+        (["x2", "x2-k1", "x3"], 2, None, ("x2-k1", None)),  # a single-kernel set for K1 wins
+        (["x2", "x2-k1", "x3"], 2, "K5", ("x2", 4)),  # else the all-kernel set with K5 written in
+        (["x2", "x3"], 3, None, ("x3", 0)),
+        (["x4-k1"], 4, 1, ("x4-k1", None)),
+    ],
+)
+def test_sr_set_resolution(names, scale, kernel, expected) -> None:
+    assert resolve_sr_set(names, scale, kernel) == expected
+
+
+def test_sr_set_resolution_names_what_is_installed() -> None:
+    with pytest.raises(ValueError, match="expected 'x3-k2' or the all-kernel set 'x3'; installed: x2"):
+        resolve_sr_set(["x2"], 3, "K2")
+
+
+def test_shipped_models_are_complete_and_fit_the_wheel_budget() -> None:
+    """The package's own assets: every task installed with its sets, all of it within 40 MB."""
+    import lorun_peft
+    from lorun_peft.pretrained import pretrained_kernels, read_manifest
+
+    assets = Path(lorun_peft.__file__).parent / "assets"
+    shipped = list_pretrained(assets / "pretrained")
+    assert shipped["cs"] == sorted(f"ratio-{r}" for r in (1, 4, 10, 25, 30, 40, 50))
+    assert set(shipped["sr"]) == {"x2", "x3", "x4", "x2-k1"}
+    assert set(shipped["cassi"]) == {"mask-28", "mask-real"}
+    total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert total <= 40e6, f"the package assets are {total / 1e6:.1f} MB, over the 40 MB budget"
+    root = assets / "pretrained"
+    assert pretrained_kernels(root).shape == (12, 25, 25)
+    for task in shipped:
+        assert read_manifest(task, root)["storage_dtype"] == "float16"

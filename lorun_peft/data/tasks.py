@@ -29,6 +29,7 @@ from torch import Tensor
 
 from lorun_peft.data.cubes import CAVE_WAVELENGTHS_31, KAIST_WAVELENGTHS_28, CubePatchDataset
 from lorun_peft.data.images import RandomPatchDataset, load_image_folder
+from lorun_peft.data.kernel_draws import RandomKernels
 from lorun_peft.data.mask_crops import RandomMaskCrops
 from lorun_peft.data.samples import load_sample_image
 
@@ -44,7 +45,8 @@ PHI_INITS = ("backbone", "random")
 SCRIPT_TRAINING_DEFAULTS = {"mixed_precision": "auto", "channels_last": True}
 
 #: Default data, relative to the data root (``<repo>/../shared/data`` or ``$LORUN_DATA_DIR``).
-DEFAULT_TRAIN_DATA = {"cs": "Train400", "sr": "BSDS500_train200", "cassi": "CASSI/cubes"}
+#: CASSI trains on stuffed_toys only: cloth, the other cube, is the test scene.
+DEFAULT_TRAIN_DATA = {"cs": "Train400", "sr": "BSDS500_train200", "cassi": "CASSI/cubes/stuffed_toys.npz"}
 DEFAULT_TEST_DATA = {"cs": "Set11", "sr": "Set5", "cassi": "CASSI/cubes/cloth.npz"}
 DEFAULT_MASK = "CASSI/simulation/mask.mat"
 DEFAULT_KERNELS = "kernels/kernels_12.mat"
@@ -55,6 +57,9 @@ PAPER_ALGORITHM = {"cs": "pgd", "sr": "pgd", "cassi": "hqs"}
 TASK_CHANNELS = {"cs": 1, "sr": 3}
 #: The physics ``type`` of each task, as stored in a backbone or adapter set config.
 PHYSICS_TASK = {"block_cs": "cs", "blur_downsample": "sr", "cassi": "cassi"}
+
+#: ``--kernel all``: an SR adapter set trained on a kernel drawn from the 12 for every batch.
+ALL_KERNELS = "all"
 
 #: Side of the synthetic CASSI mask of ``--smoke`` runs without a mask file (evaluation rebuilds it).
 SMOKE_MASK_SIZE = 64
@@ -107,7 +112,8 @@ class TaskArguments:
     kernel: str = field(
         default="K1",
         metadata={
-            "help": "SR: blur kernel K1..K12 of kernels_12.mat (1-4 isotropic, 5-8 aniso, 9-12 motion)."
+            "help": "SR: blur kernel K1..K12 of kernels_12.mat (1-4 isotropic, 5-8 aniso, 9-12 motion), or "
+            "'all': a kernel drawn from the 12 for every batch (one set for every kernel, as USRNet)."
         },
     )
     scale: int = field(default=2, metadata={"help": "SR: scale factor s (2, 3 or 4)."})
@@ -157,6 +163,23 @@ class DataArguments:
     patch_size: int = field(default=64, metadata={"help": "Side of the random training crops."})
     patches_per_image: int = field(default=1, metadata={"help": "Crops per image per epoch."})
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N images."})
+    band_gain: float = field(
+        default=0.0,
+        metadata={
+            "help": "CASSI: strength s of the random band-wise brightness (a smooth gain in [1-s, 1+s] "
+            "across the bands times a brightness in [1-s, 1]); 0 turns it off."
+        },
+    )
+    rgb_lift_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "CASSI: a folder of RGB images (e.g. BSDS500_train200) lifted to spectra by a linear map "
+            "fitted on the training cubes, mixed into the training patches (see --rgb_lift_fraction)."
+        },
+    )
+    rgb_lift_fraction: float = field(
+        default=0.5, metadata={"help": "CASSI: share of training patches that are lifted RGB images."}
+    )
     max_eval_images: int | None = field(default=None, metadata={"help": "Score only the first N test items."})
 
 
@@ -303,33 +326,65 @@ def kernel_index(kernel: str | int) -> int:
     return int(match.group(1)) - 1
 
 
-def load_sr_kernel(kernel: str | int, kernels_file: str | os.PathLike | None = None) -> tuple[Tensor, str]:
-    """Kernel ``K1..K12`` as a ``(25, 25)`` tensor and where it came from.
+def is_all_kernels(kernel: str | int) -> bool:
+    """Whether ``--kernel`` asks for every kernel of kernels_12.mat (``all``)."""
+    return str(kernel).strip().lower() == ALL_KERNELS
 
-    Reads ``kernels_file`` (default ``<data_dir>/kernels/kernels_12.mat``). A given file that is missing
-    is an error; when the default file is absent the synthetic stand-ins of
-    :func:`~lorun_peft.physics.synthetic_kernels_12` are used with a loud warning, since they are not
-    the published kernels and results are then not comparable with the paper.
+
+def _data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
+    """Roots searched for default data files: ``--data_dir``, ``$LORUN_DATA_DIR``, ``../shared/data``."""
+    roots = [Path(data_dir)] if data_dir else []
+    fallback = default_data_dir()
+    return roots + ([fallback] if fallback is not None and fallback not in roots else [])
+
+
+def load_sr_kernels(
+    kernels_file: str | os.PathLike | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    allow_synthetic: bool = False,
+) -> tuple[Tensor, str]:
+    """The 12 kernels ``(12, 25, 25)`` of ``kernels_file`` and where they came from.
+
+    Without ``kernels_file``: ``<data_dir>/kernels/kernels_12.mat`` (``data_dir`` = ``--data_dir``, then
+    ``$LORUN_DATA_DIR`` or ``<repo>/../shared/data``). A missing file is an error, except with
+    ``allow_synthetic`` (``--smoke``), which uses the synthetic stand-ins of
+    :func:`~lorun_peft.physics.synthetic_kernels_12` with a loud warning: K5..K12 differ from the published
+    kernels, so a model trained on them is not the paper's.
     """
     from lorun_peft.physics import load_kernels_12, synthetic_kernels_12
 
-    index = kernel_index(kernel)
     if kernels_file is not None:
         path = Path(kernels_file)
         if not path.is_file():
             raise FileNotFoundError(f"kernels file {path} does not exist (expected USRNet's kernels_12.mat)")
-        return load_kernels_12(path)[index], str(path)
-    root = default_data_dir()
-    path = None if root is None else root / DEFAULT_KERNELS
-    if path is not None and path.is_file():
-        return load_kernels_12(path)[index], str(path)
+        return load_kernels_12(path), str(path)
+    looked = [root / DEFAULT_KERNELS for root in _data_roots(data_dir)]
+    for path in looked:
+        if path.is_file():
+            return load_kernels_12(path), str(path)
+    where = ", ".join(str(p) for p in looked) or f"<data_dir>/{DEFAULT_KERNELS}"
+    if not allow_synthetic:
+        raise FileNotFoundError(
+            f"kernels_12.mat not found (looked for {where}): pass --kernels_file PATH or --data_dir DIR "
+            "holding kernels/kernels_12.mat (--smoke falls back to synthetic stand-in kernels)"
+        )
     message = (
-        f"kernels_12.mat not found (looked for {path or '<data_dir>/' + DEFAULT_KERNELS}): using the "
-        "SYNTHETIC stand-in kernels of lorun_peft.physics.synthetic_kernels_12, NOT the published USRNet "
-        "kernels; numbers are not comparable with the paper. Pass --kernels_file to use the real ones."
+        f"kernels_12.mat not found (looked for {where}): using the SYNTHETIC stand-in kernels of "
+        "lorun_peft.physics.synthetic_kernels_12, NOT the published USRNet kernels (K5..K12 differ); "
+        "numbers are not comparable with the paper. Pass --kernels_file to use the real ones."
     )
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
-    return synthetic_kernels_12()[index], "synthetic_kernels_12"
+    return synthetic_kernels_12(), "synthetic_kernels_12"
+
+
+def load_sr_kernel(
+    kernel: str | int, kernels_file: str | os.PathLike | None = None, **where: Any
+) -> tuple[Tensor, str]:
+    """Kernel ``K1..K12`` as a ``(25, 25)`` tensor and where it came from (see :func:`load_sr_kernels`)."""
+    index = kernel_index(kernel)
+    kernels, source = load_sr_kernels(kernels_file, **where)
+    return kernels[index], source
 
 
 def synthetic_mask(size: int | tuple[int, int], seed: int = 0) -> Tensor:
@@ -352,7 +407,9 @@ def crop_mask(mask: Tensor, size: int, seed: int = 0) -> Tensor:
     return mask[top : top + size, left : left + size].contiguous()
 
 
-def resolve_mask(task_args: TaskArguments, smoke: bool, size: int, seed: int = 0) -> tuple[Tensor, str]:
+def resolve_mask(
+    task_args: TaskArguments, smoke: bool, size: int, seed: int = 0, data_dir: str | os.PathLike | None = None
+) -> tuple[Tensor, str]:
     """The CASSI mask named by ``--mask`` (or the default file), or a synthetic one for ``--smoke``."""
     from lorun_peft.physics import load_cassi_mask
 
@@ -361,9 +418,9 @@ def resolve_mask(task_args: TaskArguments, smoke: bool, size: int, seed: int = 0
         if not path.is_file():
             raise FileNotFoundError(f"CASSI mask file {path} does not exist (expected a .mat with 'mask')")
         return load_cassi_mask(path), str(path)
-    root = default_data_dir()
-    if root is not None and (root / DEFAULT_MASK).is_file():
-        return load_cassi_mask(root / DEFAULT_MASK), str(root / DEFAULT_MASK)
+    for root in _data_roots(data_dir):
+        if (root / DEFAULT_MASK).is_file():
+            return load_cassi_mask(root / DEFAULT_MASK), str(root / DEFAULT_MASK)
     if smoke:
         return synthetic_mask(size, seed), f"synthetic random mask {size}x{size} (seed {seed})"
     raise FileNotFoundError(
@@ -372,7 +429,14 @@ def resolve_mask(task_args: TaskArguments, smoke: bool, size: int, seed: int = 0
     )
 
 
-def build_physics(task: str, task_args: TaskArguments, patch_size: int, smoke: bool = False, seed: int = 0):
+def build_physics(
+    task: str,
+    task_args: TaskArguments,
+    patch_size: int,
+    smoke: bool = False,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+):
     """The task's operator for training on ``patch_size`` crops, and a one-line description.
 
     CS: :class:`~lorun_peft.physics.BlockCS` (learned Phi, or the fixed ISTA-Net matrix of
@@ -383,6 +447,7 @@ def build_physics(task: str, task_args: TaskArguments, patch_size: int, smoke: b
     from lorun_peft.physics import CASSI, BlockCS, BlurDownsample, load_ista_net_matrix
 
     _check_task(task)
+    where = {"data_dir": data_dir, "allow_synthetic": smoke}
     if task == "cs":
         if task_args.phi_matrix:
             physics = load_ista_net_matrix(task_args.phi_matrix)
@@ -398,10 +463,14 @@ def build_physics(task: str, task_args: TaskArguments, patch_size: int, smoke: b
                 f"--patch_size {patch_size} must be a multiple of --scale {task_args.scale} "
                 f"(e.g. {patch_size - patch_size % task_args.scale})"
             )
-        kernel, source = load_sr_kernel(task_args.kernel, task_args.kernels_file)
+        if is_all_kernels(task_args.kernel):
+            kernels, source = load_sr_kernels(task_args.kernels_file, **where)
+            physics = BlurDownsample(kernels[0], task_args.scale)
+            return physics, f"SR x{task_args.scale}, a kernel of the 12 from {source} drawn per batch"
+        kernel, source = load_sr_kernel(task_args.kernel, task_args.kernels_file, **where)
         physics = BlurDownsample(kernel, task_args.scale)
         return physics, f"SR x{task_args.scale}, kernel {task_args.kernel.upper()} from {source}"
-    mask, source = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed)
+    mask, source = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed, data_dir)
     crop = crop_mask(mask, patch_size, seed)
     where = "whole mask"
     if crop.shape != mask.shape:
@@ -414,24 +483,35 @@ def build_physics(task: str, task_args: TaskArguments, patch_size: int, smoke: b
 
 
 def build_physics_sampler(
-    task: str, task_args: TaskArguments, patch_size: int, smoke: bool = False, seed: int = 0
-) -> RandomMaskCrops | None:
-    """CASSI with a mask larger than the patches: a :class:`RandomMaskCrops` (a new crop per batch).
+    task: str,
+    task_args: TaskArguments,
+    patch_size: int,
+    smoke: bool = False,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+) -> RandomMaskCrops | RandomKernels | None:
+    """What to redraw in the operator before every batch, if anything.
 
-    ``None`` for CS and SR, and for a mask exactly the patch size.
+    CASSI with a mask larger than the patches: a :class:`RandomMaskCrops` (a new crop per batch). SR with
+    ``--kernel all``: a :class:`RandomKernels` over the 12 kernels. ``None`` otherwise.
     """
+    if task == "sr" and is_all_kernels(task_args.kernel):
+        kernels = load_sr_kernels(task_args.kernels_file, data_dir=data_dir, allow_synthetic=smoke)[0]
+        return RandomKernels(kernels)
     if task != "cassi":
         return None
-    mask, _ = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed)
+    mask, _ = resolve_mask(task_args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed, data_dir)
     if tuple(mask.shape) == (patch_size, patch_size):
         return None
     return RandomMaskCrops(mask, patch_size)
 
 
 def default_set_name(task: str, task_args: TaskArguments) -> str:
-    """``ratio-25`` (CS), ``x2-k1`` (SR), ``mask-28`` (CASSI)."""
+    """``ratio-25`` (CS), ``x2-k1`` (SR; ``x2`` for ``--kernel all``), ``mask-28`` (CASSI)."""
     if task == "cs":
         return f"ratio-{round(task_args.ratio * 100)}"
+    if task == "sr" and is_all_kernels(task_args.kernel):
+        return f"x{task_args.scale}"
     if task == "sr":
         return f"x{task_args.scale}-k{kernel_index(task_args.kernel) + 1}"
     return f"mask-{task_args.bands}"
@@ -565,7 +645,7 @@ def build_train_source(
             raise ValueError(
                 f"cubes in {path} have {dataset.bands} bands; expected --bands {task_args.bands}"
             )
-        return dataset, f"cubes {path}"
+        return _augment_cubes(dataset, task_args, data, seed, f"cubes {path}")
     images = load_images(path, TASK_CHANNELS[task])
     if data.max_train_images is not None:
         images = images.select(range(min(data.max_train_images, len(images))))
@@ -575,6 +655,37 @@ def build_train_source(
     for index in range(len(images)):  # a crop larger than an image fails now, naming the file
         dataset[index * data.patches_per_image]
     return dataset, f"images {path}"
+
+
+def _augment_cubes(
+    dataset: CubePatchDataset, task_args: TaskArguments, data: DataArguments, seed: int, text: str
+) -> tuple[Any, str]:
+    """``--rgb_lift_data`` (lifted RGB patches mixed in) and ``--band_gain`` on top of the cube patches."""
+    from lorun_peft.data.spectral import BandGainAugment, LiftedRGBPatches, MixedPatches, SpectralLift
+
+    source: Any = dataset
+    if data.rgb_lift_data:
+        if not 0.0 < data.rgb_lift_fraction <= 1.0:
+            raise ValueError(f"--rgb_lift_fraction must be in (0, 1], got {data.rgb_lift_fraction}")
+        path = Path(data.rgb_lift_data)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--rgb_lift_data {path} does not exist (expected a folder of RGB images)"
+            )
+        lift = SpectralLift.fit(dataset.cubes, cube_wavelengths(dataset.bands), seed=seed)
+        images = load_images(path, 3)
+        rgb = RandomPatchDataset(images, data.patch_size, seed=seed, cache_images=True)
+        for index in range(len(images)):  # a crop larger than an image fails now, naming the file
+            rgb[index]
+        source = MixedPatches(dataset, LiftedRGBPatches(rgb, lift), data.rgb_lift_fraction, seed=seed)
+        text += (
+            f" + {data.rgb_lift_fraction:.0%} RGB images of {path} lifted to {dataset.bands} bands "
+            f"(linear map fitted on the cubes, relative error {lift.fit_error:.3f})"
+        )
+    if data.band_gain:
+        source = BandGainAugment(source, data.band_gain, seed=seed)
+        text += f", band-wise brightness +-{data.band_gain:g}"
+    return source, text
 
 
 def _stores_wavelengths(path: Path) -> bool:
@@ -605,6 +716,7 @@ class TrainingSummary:
     trainable_params: int
     adapter_set_name: str | None = None
     eval: dict[str, float] | None = None
+    stopped_early: bool = False
 
 
 def _is_main_process() -> bool:
@@ -630,7 +742,9 @@ def run_training(
     start = time.perf_counter()
     data, model_args, training = apply_smoke(task, data, model_args, training)
     torch.manual_seed(training.seed)
-    physics, physics_text = build_physics(task, task_args, data.patch_size, model_args.smoke, training.seed)
+    physics, physics_text = build_physics(
+        task, task_args, data.patch_size, model_args.smoke, training.seed, data.data_dir
+    )
     source, data_text = build_train_source(task, task_args, data, model_args.smoke, training.seed)
     set_name = None
     if model_args.mode == "lorun":
@@ -677,9 +791,14 @@ def run_training(
             step_init=model_args.step_init,
         )
     eval_fn = _eval_fn(task, task_args, data, model_args.smoke)
-    sampler = build_physics_sampler(task, task_args, data.patch_size, model_args.smoke, training.seed)
+    sampler = build_physics_sampler(
+        task, task_args, data.patch_size, model_args.smoke, training.seed, data.data_dir
+    )
     result = train(model, source, training, eval_fn=eval_fn, physics_sampler=sampler)
     model = result.model
+    if isinstance(sampler, RandomKernels):  # an all-kernel set is saved with K1, the default kernel
+        with torch.no_grad():
+            model.physics.kernel.copy_(sampler.kernels[0])
     output_dir = Path(training.output_dir)
     report = model.parameter_report()
     summary = TrainingSummary(
@@ -697,6 +816,7 @@ def run_training(
         trainable_params=report.total.trainable,
         adapter_set_name=set_name,
         eval=result.eval_history[-1]["eval"] if result.eval_history else None,
+        stopped_early=result.stopped_early,
     )
     if _is_main_process():
         if set_name is None:
@@ -773,7 +893,7 @@ def _eval_fn(task: str, task_args: TaskArguments, data: DataArguments, smoke: bo
 
     items = load_test_items(task, data.eval_data, bands=task_args.bands, max_items=data.max_eval_images)
     # CASSI: score with the full mask (training measures with crops of it), as examples/evaluate.py does.
-    mask = resolve_mask(task_args, smoke, SMOKE_MASK_SIZE)[0] if task == "cassi" else None
+    mask = resolve_mask(task_args, smoke, SMOKE_MASK_SIZE, 0, data.data_dir)[0] if task == "cassi" else None
 
     def eval_fn(model: Any) -> dict[str, float]:
         report = evaluate_items(model, task, items, mask=mask)

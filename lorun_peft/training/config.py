@@ -78,6 +78,20 @@ class UnfoldingTrainingConfig:
         default=0.0,
         metadata={"help": "Std of the white Gaussian noise added to simulated measurements (>= 0)."},
     )
+    noise_sigma_max: float | None = field(
+        default=None,
+        metadata={
+            "help": "With a value: each training sample gets its own noise std drawn uniformly in "
+            "[noise_sigma, noise_sigma_max] (one model for a range of noise levels, as USRNet trains)."
+        },
+    )
+    max_train_time_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many seconds of training even before max_steps (evaluate, checkpoint "
+            "and save as at the end); the cosine schedule still spans max_steps. None: no limit."
+        },
+    )
     eval_every: int = field(
         default=0, metadata={"help": "Call eval_fn every this many steps and at the end; 0: only at the end."}
     )
@@ -126,6 +140,18 @@ class UnfoldingTrainingConfig:
         for name in ("weight_decay", "noise_sigma"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.noise_sigma_max is not None and (
+            not _is_number(self.noise_sigma_max)
+            or not self.noise_sigma <= self.noise_sigma_max < float("inf")
+        ):
+            raise ValueError(
+                f"noise_sigma_max must be None or a finite number >= noise_sigma ({self.noise_sigma}), "
+                f"got {self.noise_sigma_max!r}"
+            )
+        if self.max_train_time_s is not None and (
+            not _is_number(self.max_train_time_s) or not 0 < self.max_train_time_s < float("inf")
+        ):
+            raise ValueError(f"max_train_time_s must be None or a number > 0, got {self.max_train_time_s!r}")
         if not _is_number(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm < 0):

@@ -82,6 +82,8 @@ class TrainResult:
     mean_step_time_s: float | None = None
     peak_device_memory_bytes: int | None = None
     mixed_precision: str = "no"
+    #: ``max_train_time_s`` ran out before ``max_steps`` (the schedule did not finish).
+    stopped_early: bool = False
 
     @property
     def losses(self) -> list[float]:
@@ -395,7 +397,7 @@ def train(
             physics_sampler(
                 physics, torch.Generator().manual_seed(derive_seed(config.seed, step, micro, 0, "physics"))
             )
-        measurement = physics.measure(clean, config.noise_sigma, noise)
+        measurement = _measure(physics, clean, config, noise)
         if micro < accumulation - 1:
             with accelerator.no_sync(prepared):
                 loss = reconstruction_loss(_images(prepared(measurement)), clean)
@@ -416,8 +418,11 @@ def train(
         step_times.append(now - tick)
         tick = now
         progress.update(1)
+        last = done == config.max_steps or _out_of_time(accelerator, config, now - run_start)
+        if last and done < config.max_steps:
+            result.stopped_early = True
 
-        if done % config.log_every == 0 or done == config.max_steps:
+        if done % config.log_every == 0 or last:
             mean_loss = accelerator.reduce(step_loss / accumulation, reduction="mean").item()
             record = {"step": done, "loss": mean_loss, "lr": lr, "step_time_s": step_times[-1]}
             if grad_norm is not None:
@@ -428,15 +433,15 @@ def train(
                 progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.3g}")
         step_loss.zero_()
 
-        if eval_fn is not None and (
-            (config.eval_every and done % config.eval_every == 0) or done == config.max_steps
-        ):
+        if eval_fn is not None and ((config.eval_every and done % config.eval_every == 0) or last):
             _run_eval(accelerator, unwrapped, eval_fn, done, result, output_dir)
-        if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.max_steps):
+        if config.checkpoint_every and (done % config.checkpoint_every == 0 or last):
             result.last_checkpoint = save_checkpoint(
                 accelerator, unwrapped, optimizer.optimizer, scheduler.scheduler, done, config, fingerprint
             )
         tick = time.perf_counter()
+        if last:
+            break
     progress.close()
 
     result.train_time_s = time.perf_counter() - run_start
@@ -464,6 +469,27 @@ def train(
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return result
+
+
+def _out_of_time(accelerator: Accelerator, config: UnfoldingTrainingConfig, elapsed: float) -> bool:
+    """Whether ``max_train_time_s`` has run out (decided on rank 0 and shared, so all ranks stop together)."""
+    if config.max_train_time_s is None:
+        return False
+    flag = torch.tensor(float(elapsed > config.max_train_time_s), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _measure(
+    physics: Any, clean: Tensor, config: UnfoldingTrainingConfig, generator: torch.Generator
+) -> Tensor:
+    """Simulated measurement of a batch: one noise std, or one per sample drawn in the configured range."""
+    if config.noise_sigma_max is None:
+        return physics.measure(clean, config.noise_sigma, generator)
+    low, high = config.noise_sigma, config.noise_sigma_max
+    y = physics.measure(clean, 0.0, generator)
+    sigma = low + (high - low) * torch.rand(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
+    noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    return y + sigma.view(-1, *([1] * (y.ndim - 1))) * noise
 
 
 def _forget_other_precision(mixed_precision: str) -> None:

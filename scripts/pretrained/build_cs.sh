@@ -35,7 +35,7 @@ lane_b() { phase2 4 2000 && phase2 25 2500 && phase2 30 1500 && phase2 50 1500; 
 lane_a > "$OUT/lane_a.out" 2>&1 &
 lane_b > "$OUT/lane_b.out" 2>&1 &
 wait
-$PY scripts/pretrained/assemble.py cs "$OUT/backbone" "$OUT"/sets/r{1,4,10,25,30,40,50}/ratio-*
+$PY scripts/pretrained/assemble.py cs "$OUT/backbone" "$OUT"/sets/r{1,4,10,25,30,40,50}/ratio-* --storage-dtype float16
 for r in 01 04 10 25 30 40 50; do
   .venv/bin/lorun evaluate "$DATA/Set11" --task cs --ratio "0.$r" --output-dir "$OUT/eval_$r"
 done

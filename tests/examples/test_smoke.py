@@ -132,6 +132,16 @@ def test_crop_larger_than_an_image_names_the_file(tmp_path, capsys):
     Image.fromarray(np.zeros((48, 80, 3), np.uint8)).save(folder / "small.png")
     argv = ["--train_data", str(folder), "--patch_size", "64", "--output_dir", str(tmp_path / "o")]
     assert _script("train_sr")(argv) == 2
+    assert "kernels_12.mat not found" in _error(capsys)  # never a silent fallback to stand-in kernels
+    from scipy.io import savemat
+
+    from lorun_peft.physics import synthetic_kernels_12
+
+    cell = np.empty((1, 12), dtype=object)
+    for index, kernel in enumerate(synthetic_kernels_12()):
+        cell[0, index] = kernel.numpy()
+    savemat(tmp_path / "kernels_12.mat", {"kernels": cell})
+    assert _script("train_sr")([*argv, "--kernels_file", str(tmp_path / "kernels_12.mat")]) == 2
     line = _error(capsys)
     assert "patch size 64 is larger than image file" in line and "small.png (48x80)" in line
 

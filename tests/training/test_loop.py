@@ -249,3 +249,52 @@ def test_evaluate_psnr_matches_a_direct_computation():
     assert model.training
     with pytest.raises(ValueError, match="protocol must be 'plain' or 'cs'"):
         evaluate_psnr(model, images, protocol="matlab")
+
+
+def test_noise_range_draws_one_std_per_sample_within_the_bounds():
+    from lorun_peft.physics import Denoising
+    from lorun_peft.training.loop import _measure
+
+    config = UnfoldingTrainingConfig(noise_sigma=0.01, noise_sigma_max=0.2)
+    clean = torch.zeros(64, 1, 32, 32)
+    y = _measure(Denoising(), clean, config, torch.Generator().manual_seed(0))
+    stds = y.flatten(1).std(dim=1)
+    assert stds.min() > 0.005 and stds.max() < 0.21
+    assert stds.max() - stds.min() > 0.1  # really one level per sample, spread over the range
+    again = _measure(Denoising(), clean, config, torch.Generator().manual_seed(0))
+    assert torch.equal(y, again)
+    fixed = UnfoldingTrainingConfig(noise_sigma=0.05)
+    stds = _measure(Denoising(), clean, fixed, torch.Generator().manual_seed(0)).flatten(1).std(dim=1)
+    assert torch.allclose(stds, torch.full_like(stds, 0.05), rtol=0.1)
+
+
+def test_noise_range_and_time_budget_are_validated():
+    with pytest.raises(ValueError, match="noise_sigma_max"):
+        UnfoldingTrainingConfig(noise_sigma=0.1, noise_sigma_max=0.05)
+    with pytest.raises(ValueError, match="noise_sigma_max"):
+        UnfoldingTrainingConfig(noise_sigma_max=float("inf"))
+    with pytest.raises(ValueError, match="max_train_time_s"):
+        UnfoldingTrainingConfig(max_train_time_s=0)
+
+
+def test_time_budget_stops_early_and_saves_like_the_end(tmp_path):
+    from lorun_peft.training.checkpoint import latest_checkpoint
+
+    config = UnfoldingTrainingConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=500,
+        batch_size=2,
+        show_progress=False,
+        max_train_time_s=1e-6,
+        checkpoint_every=100,
+        log_every=100,
+    )
+    evals = []
+    result = train(
+        _model(), smooth_patches(16, 16), config, eval_fn=lambda m: evals.append(1) or {"psnr": 1.0}
+    )
+    assert result.global_step == 1 and result.stopped_early
+    assert evals == [1]  # evaluated at the step it stopped
+    assert latest_checkpoint(config.output_dir).name == "checkpoint-1"
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert any('"step": 1' in line and '"loss"' in line for line in lines)
