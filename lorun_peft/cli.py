@@ -43,8 +43,10 @@ class _Formatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
         if (
-            default is not None
+            not flag  # a switch's default says the opposite of its help ("--no-images ... True")
+            and default is not None
             and default is not False
             and default != argparse.SUPPRESS
             and "%(default)" not in text

@@ -68,3 +68,79 @@ def test_training_speed_benchmark_measures_every_configuration_in_its_own_proces
     cs = results["physics_precision"]["CS 25 % (b=32) Phi x"]
     assert cs["fp32"]["A_rel_error"] < 1e-5 < cs["bf16 autocast"]["A_rel_error"]
     assert f"| lorun | {settings[1]} |" in done.stdout
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(folder: Path, steps: int, seconds: float, evals: dict[int, float]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "run_summary.json").write_text(json.dumps({"steps": steps, "train_time_s": seconds}))
+    lines = [json.dumps({"step": s, "loss": 0.1}) for s in range(10, steps + 1, 10)]
+    lines += [json.dumps({"step": s, "eval": {"psnr": p, "ssim": 0.9}}) for s, p in evals.items()]
+    (folder / "log.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_convergence_plot_chains_lorun_phases_in_steps_and_time(tmp_path):
+    plot = _load_benchmark("plot_convergence")
+    _fake_run(tmp_path / "block", 40, 80.0, {20: 30.0, 40: 31.0})
+    _fake_run(tmp_path / "p1", 30, 30.0, {30: 29.0})
+    _fake_run(tmp_path / "p2", 10, 20.0, {10: 30.5})
+    out = tmp_path / "fig.png"
+    data = plot.main(
+        [
+            "--title",
+            "t",
+            "--out",
+            str(out),
+            f"Block={tmp_path / 'block'}",
+            f"LoRun={tmp_path / 'p1'},{tmp_path / 'p2'}",
+        ]
+    )
+    assert data["Block"] == [(20, 40.0, 30.0), (40, 80.0, 31.0)]
+    assert data["LoRun"] == [(30, 30.0, 29.0), (40, 50.0, 30.5)]  # phase 2 after phase 1's 30 steps, 30 s
+    assert out.stat().st_size > 1000 and json.loads(out.with_suffix(".json").read_text())["LoRun"][1] == [
+        40,
+        50.0,
+        30.5,
+    ]
+
+
+def test_storage_benchmark_scores_float32_against_float16(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_pretrained import build_tiny_assets
+
+    from lorun_peft.data.samples import load_sample_image
+
+    build_tiny_assets(tmp_path / "assets")
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for name in ("camera", "astronaut"):
+        array = (load_sample_image(name, "L")[0, :64, :64] * 255).round().byte().numpy()
+        Image.fromarray(array).save(images / f"{name}.png")
+    bench = _load_benchmark("bench_storage_dtype")
+    result = bench.main(
+        [
+            "cs",
+            "--root",
+            str(tmp_path / "assets"),
+            "--test-data",
+            str(images),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert set(result["psnr_float32"]) == {"ratio-10", "ratio-25", "ratio-50"}
+    assert result["bytes_float16"] < 0.6 * result["bytes_float32"]
+    assert result["max_abs_change_db"] == max(
+        abs(result["psnr_float16"][k] - result["psnr_float32"][k]) for k in result["psnr_float32"]
+    )
+    assert result["max_abs_change_db"] < 0.05

@@ -366,3 +366,9 @@ def test_restore_real_tsa_measurement_scales_meas_real(
     torch.testing.assert_close(
         restored, expected[0] if expected.ndim == 4 else expected, atol=1e-4, rtol=1e-4
     )
+
+
+def test_switch_help_shows_no_contradicting_default(capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", "--help"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.strip().startswith("--no-images"))
+    assert "default" not in line

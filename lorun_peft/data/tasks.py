@@ -42,7 +42,8 @@ PHI_INITS = ("backbone", "random")
 #: The example scripts' training defaults where they differ from UnfoldingTrainingConfig's: the fastest
 #: accurate setting measured by benchmarks/bench_training_speed.py (docs/training.md): bf16 autocast
 #: where the CPU/GPU computes bf16 natively (fp32 elsewhere, logged) and channels_last convolutions.
-SCRIPT_TRAINING_DEFAULTS = {"mixed_precision": "auto", "channels_last": True}
+#: A checkpoint every 500 steps (transformers' Trainer default), so a default run can be resumed.
+SCRIPT_TRAINING_DEFAULTS = {"mixed_precision": "auto", "channels_last": True, "checkpoint_every": 500}
 
 #: Default data, relative to the data root (``<repo>/../shared/data`` or ``$LORUN_DATA_DIR``).
 #: CASSI trains on stuffed_toys only: cloth, the other cube, is the test scene.

@@ -347,6 +347,8 @@ def train(
             accelerator.scaler.load_state_dict(state["scaler"])
         load_rng_state(resumed_from, rank, device)
         start_step = int(state["step"])
+        if is_main:
+            print(f"resuming from {resumed_from} (step {start_step} of {config.max_steps})", flush=True)
         if start_step > config.max_steps:
             raise ValueError(
                 f"checkpoint {resumed_from} is at step {start_step} > max_steps={config.max_steps}"

@@ -248,7 +248,11 @@ def test_scripts_default_to_the_measured_fastest_precision_and_layout():
 
     *_, training = parse_training_args("cs", ["--output_dir", "x"])
     assert (training.mixed_precision, training.channels_last) == ("auto", True)
-    assert SCRIPT_TRAINING_DEFAULTS == {"mixed_precision": "auto", "channels_last": True}
+    assert SCRIPT_TRAINING_DEFAULTS == {
+        "mixed_precision": "auto",
+        "channels_last": True,
+        "checkpoint_every": 500,
+    }
     *_, plain = parse_training_args("cs", ["--mixed_precision", "no", "--channels_last", "False"])
     assert (plain.mixed_precision, plain.channels_last) == ("no", False)
 
@@ -280,3 +284,12 @@ def test_warm_start_continues_a_saved_backbone_with_a_new_schedule(tmp_path, cap
     assert "was trained with physics" in _error(capsys)
     assert train(["--smoke", "--mode", "lorun", "--backbone", str(first), "--warm_start", str(first)]) == 2
     assert "phase 2 uses --backbone" in _error(capsys)
+
+
+def test_scripts_checkpoint_every_500_steps_by_default():
+    from lorun_peft.data.tasks import parse_training_args
+
+    *_, training = parse_training_args("cs", [])
+    assert training.checkpoint_every == 500 and training.mixed_precision == "auto"
+    *_, training = parse_training_args("cs", ["--checkpoint_every", "0"])
+    assert training.checkpoint_every == 0

@@ -103,7 +103,7 @@ def _run_with_checkpoints(tmp_path: Path, name: str, **overrides):
     return train(_model(dropout=0.2), patches, config), patches, config
 
 
-def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path):
+def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path, capsys):
     full, patches, config = _run_with_checkpoints(tmp_path, "full", save_total_limit=2)
     names = [path.name for path in list_checkpoints(tmp_path / "full")]
     assert names == ["checkpoint-8", "checkpoint-12"]
@@ -127,8 +127,10 @@ def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path):
             "resume_from_checkpoint": str(checkpoint),
         }
     )
+    capsys.readouterr()
     resumed = train(_model(dropout=0.2), patches, resumed_config)
     assert resumed.resumed_from == checkpoint
+    assert f"resuming from {checkpoint} (step 8 of 12)" in capsys.readouterr().out
     assert [r["step"] for r in resumed.log_history] == [9, 10, 11, 12]
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
