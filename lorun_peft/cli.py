@@ -613,6 +613,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import datasets
 
     model, where = _load_model(args)
+    mask = None
+    if args.mask is not None:
+        if _task_of(model) != "cassi":
+            raise ValueError(f"--mask is for CASSI models, this one is a {_task_of(model)!r} model")
+        from lorun_peft.physics import load_cassi_mask
+
+        if not Path(args.mask).is_file():
+            raise FileNotFoundError(f"--mask {args.mask} does not exist (expected a .mat with 'mask')")
+        mask = load_cassi_mask(args.mask)
     output_dir = Path(args.output_dir)
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the folder is read through `datasets`; keep the output a table
@@ -626,6 +635,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             stagewise=args.stagewise,
             save_dir=output_dir / "images" if args.save_images else None,
+            mask=mask,
         )
     finally:
         if bars:
@@ -897,6 +907,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", type=int, default=None, metavar="N", help="only the first N items")
     evaluate.add_argument("--noise-sigma", type=float, default=0.0, metavar="S", help="measurement noise std")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
+    evaluate.add_argument(
+        "--mask",
+        default=None,
+        metavar="PATH.mat",
+        help="CASSI: the full coded aperture to measure with (for a set trained on crops of it; default: "
+        "the set's own mask)",
+    )
     _add_model_arguments(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 

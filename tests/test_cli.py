@@ -372,3 +372,40 @@ def test_switch_help_shows_no_contradicting_default(capsys: pytest.CaptureFixtur
     assert main(["evaluate", "--help"]) == 0
     line = next(li for li in capsys.readouterr().out.splitlines() if li.strip().startswith("--no-images"))
     assert "default" not in line
+
+
+def test_evaluate_cassi_with_the_full_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A model trained on 16x16 mask crops scores a 24x24 cube with --mask (the full aperture)."""
+    from scipy.io import savemat
+
+    from lorun_peft import CASSI, LoRunModel
+    from lorun_peft.data.tasks import build_denoiser
+    from lorun_peft.pretrained import save_pretrained_assets
+
+    torch.manual_seed(0)
+    full = torch.rand(24, 24)
+    model = LoRunModel.from_components(
+        CASSI(full[:16, :16].contiguous()), build_denoiser("unet", 4, 4, 2), num_stages=2, algorithm="hqs"
+    )
+    save_pretrained_assets(model, "cassi", tmp_path / "assets")
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path / "assets"))
+    savemat(tmp_path / "mask.mat", {"mask": full.numpy()})
+    np.savez(tmp_path / "cube.npz", cube=np.random.default_rng(0).random((24, 24, 4)).astype("float32"))
+    out_dir = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        str(tmp_path / "cube.npz"),
+        "--task",
+        "cassi",
+        "--output-dir",
+        str(out_dir),
+        "--no-images",
+    ]
+    assert main(argv) == 2
+    assert "--mask" in capsys.readouterr().err  # the model's 16x16 mask does not cover the cube
+    assert main([*argv, "--mask", str(tmp_path / "mask.mat")]) == 0
+    assert "CASSI (TSA/MST)" in capsys.readouterr().out
+    assert main([*argv, "--mask", str(tmp_path / "nope.mat")]) == 2
+    assert "nope.mat does not exist" in capsys.readouterr().err
