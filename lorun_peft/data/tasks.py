@@ -916,7 +916,22 @@ def parse_training_args(task: str, argv: list[str] | None = None, description: s
         formatter_class=_HelpFormatter,
     )
     parser.set_defaults(**SCRIPT_TRAINING_DEFAULTS)
+    _hide_other_tasks_options(parser, task)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+#: The help prefix that marks an option as one task's (``"CS: sampling ratio ..."``).
+_TASK_HELP_PREFIX = {"cs": "CS:", "sr": "SR:", "cassi": "CASSI:"}
+
+
+def _hide_other_tasks_options(parser: Any, task: str) -> None:
+    """Leave out of ``--help`` the options of the other tasks (they still parse, and are ignored)."""
+    import argparse
+
+    others = tuple(prefix for name, prefix in _TASK_HELP_PREFIX.items() if name != task)
+    for action in parser._actions:
+        if isinstance(action.help, str) and action.help.startswith(others):
+            action.help = argparse.SUPPRESS
 
 
 def main_for_task(task: str, argv: list[str] | None = None, description: str | None = None) -> int:

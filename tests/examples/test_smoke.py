@@ -293,3 +293,26 @@ def test_scripts_checkpoint_every_500_steps_by_default():
     assert training.checkpoint_every == 500 and training.mixed_precision == "auto"
     *_, training = parse_training_args("cs", ["--checkpoint_every", "0"])
     assert training.checkpoint_every == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "shown", "hidden"),
+    [
+        (
+            "train_cassi",
+            ["--mask", "--band_gain", "--rgb_lift_data"],
+            ["--ratio", "--kernel", "--phi_matrix"],
+        ),
+        ("train_cs", ["--ratio", "--phi_matrix"], ["--kernel", "--mask", "--band_gain"]),
+        ("train_sr", ["--kernel", "--scale"], ["--ratio", "--mask", "--rgb_lift_data"]),
+    ],
+)
+def test_help_lists_only_the_scripts_own_task_options(script, shown, hidden, capsys):
+    with pytest.raises(SystemExit):
+        _script(script)(["--help"])
+    flags = {
+        line.split()[0].rstrip(",")
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip().startswith("--")
+    }
+    assert set(shown) <= flags and not set(hidden) & flags
