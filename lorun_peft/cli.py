@@ -636,6 +636,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             stagewise=args.stagewise,
             save_dir=output_dir / "images" if args.save_images else None,
             mask=mask,
+            progress=_print_progress,
         )
     finally:
         if bars:
@@ -651,6 +652,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join([*(str(p) for p in paths.values()), *extra]))
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _print_progress(done: int, total: int, item: Any) -> None:
+    """One line per scored item on stderr, so a long evaluation shows it is moving."""
+    print(f"[{done}/{total}] {item.name}: {item.psnr:.2f} dB", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- info

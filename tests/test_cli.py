@@ -242,8 +242,10 @@ def test_evaluate_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _sample_png(folder / "coffee.png", "coffee", (24, 24))
     out_dir = tmp_path / "eval"
     assert main(["evaluate", str(folder), "--output-dir", str(out_dir), "--stagewise", "--ratio", "0.1"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "adapter set ratio-10" in out and "CS (ISTA-Net)" in out
+    assert re.search(r"^\[1/2\] camera: [\d.]+ dB$", captured.err, re.M) and "[2/2] coffee:" in captured.err
     with open(out_dir / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == ["camera", "coffee", "average"]

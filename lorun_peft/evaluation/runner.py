@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,7 @@ def evaluate_items(
     seed: int = 0,
     stagewise: bool = False,
     save_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, int, ItemResult], None] | None = None,
 ) -> EvaluationReport:
     """Score ``model`` on ``items`` (``[(name, (C, H, W) tensor in [0, 1])]``) with the task's protocol.
 
@@ -206,6 +207,7 @@ def evaluate_items(
     ``(seed, index)``) and restored in eval mode without gradients. ``mask`` (CASSI): the full coded
     aperture (top-left crop to the cube's size); default: the model's. ``stagewise``: also score the K
     stage estimates. ``save_dir``: write each restored item there (PNG; cubes: pseudo-colour PNG + .npz).
+    ``progress(done, total, result)`` is called after each item (the CLI prints a line per image).
     """
     from lorun_peft.training import derive_seed
 
@@ -231,6 +233,8 @@ def evaluate_items(
             report.items.append(ItemResult(name, psnr, ssim, tuple(image.shape), stages))
             if save_dir is not None:
                 save_restored(restored[0], Path(save_dir), name, task)
+            if progress is not None:
+                progress(index + 1, len(items), report.items[-1])
     finally:
         model.train(was_training)
     report.metadata.update(
