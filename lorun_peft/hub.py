@@ -235,6 +235,10 @@ def download_adapter_set(
     return path
 
 
+#: Where a backbone saved in the shipped layout (``<task>/backbone/``) finds its sets: ``<task>/adapters/``.
+SHIPPED_ADAPTERS_DIR = "adapters"
+
+
 def resolve_adapter_dir(
     reference: str | os.PathLike,
     set_name: str | None = None,
@@ -262,6 +266,10 @@ def resolve_adapter_dir(
                     "was not loaded with from_pretrained: pass it, e.g. load_adapter('org/cs-adapters', "
                     f"{text!r}) or load_adapter('path/to/sets', {text!r})"
                 )
+            source = Path(default_source).expanduser()
+            shipped = source.parent / SHIPPED_ADAPTERS_DIR / text
+            if source.is_dir() and not (source / text).is_dir() and (shipped / SET_FILE).is_file():
+                return shipped  # the shipped layout: <task>/backbone/ beside <task>/adapters/<set>/
             return resolve_adapter_dir(
                 default_source, text, revision=revision, token=token, cache_dir=cache_dir
             )

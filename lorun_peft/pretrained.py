@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lorun_peft.hub import SHIPPED_ADAPTERS_DIR
+
 if TYPE_CHECKING:
     from lorun_peft.unfolding import LoRunModel
 
@@ -61,7 +63,7 @@ DEFAULT_ADAPTER_SETS = {"cs": "ratio-25", "sr": "x2-k1", "cassi": "mask-28"}
 KERNELS_FILE = "kernels_12.safetensors"
 
 BACKBONE_DIR = "backbone"
-ADAPTERS_DIR = "adapters"
+ADAPTERS_DIR = SHIPPED_ADAPTERS_DIR  # <task>/adapters/: bare set names resolve there (lorun_peft.hub)
 MANIFEST = "manifest.json"
 _SET_FILE = "adapter_set.json"
 _BACKBONE_FILES = ("config.json", "model.safetensors")

@@ -278,3 +278,14 @@ def test_shipped_models_are_complete_and_fit_the_wheel_budget() -> None:
     assert pretrained_kernels(root).shape == (12, 25, 25)
     for task in shipped:
         assert read_manifest(task, root)["storage_dtype"] == "float16"
+
+
+def test_bare_set_name_loads_beside_a_backbone_in_the_shipped_layout(assets: Path) -> None:
+    """``from_pretrained(<task>/backbone)`` then ``load_adapter("ratio-25")``: the design-card use."""
+    model = LoRunModel.from_pretrained(assets / "cs" / "backbone")
+    assert model.load_adapter("ratio-25") == "ratio-25"
+    reference = load_pretrained("cs", "ratio-25", assets)
+    for key, value in reference.active_task.state_dict().items():
+        assert torch.equal(model.active_task.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match="ratio-30"):
+        model.load_adapter("ratio-30")
