@@ -76,15 +76,25 @@ class LoadedAdapterSet:
     adapter_names: list[str] = field(default_factory=list)
 
 
+#: Longest adapter set name: a folder name (plus temp-folder prefixes) stays far below the 255-byte limit.
+MAX_SET_NAME_LENGTH = 100
+
+
 def validate_set_name(name: str) -> str:
     """Return ``name`` if it can name an adapter set, else raise ``ValueError``.
 
-    It becomes a folder name and a prefix of ModuleDict keys, so it must be non-empty and contain no
+    It becomes a folder name and a prefix of ModuleDict keys, so it must be non-empty, at most
+    :data:`MAX_SET_NAME_LENGTH` characters long, and contain no
     path separators, no "." (ModuleDict keys cannot, which also excludes ".."), no whitespace or
     control characters, and none of ``<>:"|?*``.
     """
     if not isinstance(name, str) or not name:
         raise AdapterSetError(f"adapter set name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_SET_NAME_LENGTH:
+        raise AdapterSetError(
+            f"adapter set name is {len(name)} characters long ({name[:24]}...); at most "
+            f"{MAX_SET_NAME_LENGTH} are allowed (it becomes a folder name and a module key)"
+        )
     bad = sorted(set(_FORBIDDEN_CHARS.findall(name)))
     if bad:
         raise AdapterSetError(

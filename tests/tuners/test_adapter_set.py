@@ -215,7 +215,7 @@ def test_failure_while_injecting_is_rolled_back(trained, monkeypatch):
     assert set(target.peft_config) == {f"other/stage_{k:02d}" for k in range(K)}
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "a\\b", "..", "a.b", "../x", "a b", "x:y"])
+@pytest.mark.parametrize("name", ["", "a/b", "a\\b", "..", "a.b", "../x", "a b", "x:y", "s" * 300])
 def test_bad_set_names_rejected(tiny, tmp_path, name):
     model = tiny()
     with pytest.raises(ValueError, match="name"):
@@ -299,3 +299,10 @@ def test_parameter_report_separates_roles(trained):
     assert report.task.stored == K + 4 * 16
     assert report.total.stored == n_base + report.adapters.stored + report.task.stored
     assert "ratio-25/stage_02" in report.format()
+
+
+def test_a_300_character_set_name_is_one_clear_error(tiny, tmp_path):
+    model = tiny()
+    with pytest.raises(ValueError, match="300 characters long .* at most 100"):
+        add_stage_adapters(model, "s" * 300, StageLoRAConfig(num_stages=1))
+    add_stage_adapters(model, "s" * 100, StageLoRAConfig(num_stages=1))  # the limit itself is fine
