@@ -44,6 +44,22 @@ def check_step_size(name: str, value: Scalar, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be a finite number {bound}, got {number}")
 
 
+def check_image_tensor(x: Any, what: str = "image") -> None:
+    """``TypeError``/``ValueError`` unless ``x`` is a floating ``(B, C, H, W)`` tensor with no empty axis.
+
+    The one input check every operator's ``A`` runs before its own shape rules: an integer tensor would
+    be sampled with integer weights and an empty one fails deep inside a convolution or fold.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} must be a floating-point tensor (e.g. x.float() / 255 for 8-bit data), got {x.dtype}"
+        )
+    if x.ndim != 4 or 0 in x.shape:
+        raise ValueError(f"{what} has shape {tuple(x.shape)}; expected (B, C, H, W) with every axis >= 1")
+
+
 def as_float_tensor(value: Any, name: str = "tensor") -> Tensor:
     """A detached copy of ``value`` as a tensor; floating dtypes are kept, others become the default dtype.
 

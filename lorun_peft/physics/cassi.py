@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, check_step_size, register_physics
+from .base import (
+    LinearOperator,
+    Scalar,
+    as_batch_scalar,
+    as_float_tensor,
+    check_image_tensor,
+    check_step_size,
+    register_physics,
+)
 from .io import load_mat_array
 
 
@@ -75,6 +83,7 @@ class CASSI(LinearOperator):
     def A(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, H, W + step*(C-1))``."""
         self._check_image(tuple(x.shape))
+        check_image_tensor(x, "cube")
         batch, bands, height, width = x.shape
         masked = x * self.mask.to(x.dtype)
         # fold's blocks run over (row h, band c) with index h*C + c; each block is one row of W pixels.

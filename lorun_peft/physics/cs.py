@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import LinearOperator, Scalar, as_float_tensor, check_step_size, register_physics
+from .base import (
+    LinearOperator,
+    Scalar,
+    as_float_tensor,
+    check_image_tensor,
+    check_step_size,
+    register_physics,
+)
 from .io import load_mat_array
 
 #: Row counts of ISTA-Net's fixed 33x33 matrices ``phi_0_{R}_1089.mat`` (CS ratio R in %). They are
@@ -151,6 +158,7 @@ class BlockCS(LinearOperator):
                 f"image has shape {tuple(x.shape)}, expected (B, {self.channels}, H, W) "
                 f"({self.channels} channel{'s' if self.channels > 1 else ''})"
             )
+        check_image_tensor(x)
 
     def _check_grid(self, x: Tensor) -> None:
         """Iterates live on the padded grid (what ``init``/``A_adjoint`` return)."""

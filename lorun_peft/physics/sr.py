@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, as_float_tensor, check_step_size, register_physics
+from .base import (
+    LinearOperator,
+    Scalar,
+    as_batch_scalar,
+    as_float_tensor,
+    check_image_tensor,
+    check_step_size,
+    register_physics,
+)
 
 #: How far a kernel's sum may be from 1. USRNet's bicubic kernels sum to 1 within 1.1e-4; they are
 #: used as given (not renormalised) so that the operator is the published one.
@@ -109,6 +117,7 @@ class BlurDownsample(LinearOperator):
     def A(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``."""
         self._check_image(tuple(x.shape))
+        check_image_tensor(x)
         size = tuple(x.shape[-2:])
         blurred = torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x, size, onesided=True), s=size)
         return blurred[..., :: self.scale, :: self.scale]
@@ -140,6 +149,7 @@ class BlurDownsample(LinearOperator):
     def init(self, y: Tensor) -> Tensor:
         """Nearest-neighbour upsampling of ``y`` by ``s`` (USRNet's initial estimate)."""
         self.check_measurement(y)
+        self._check_image(self.image_shape(tuple(y.shape)))  # the same size rule as A_adjoint
         return F.interpolate(y, scale_factor=self.scale, mode="nearest")
 
     def image_shape(self, measurement_shape: tuple[int, ...]) -> tuple[int, ...]:
