@@ -34,6 +34,7 @@ from huggingface_hub import (
     constants,
     get_cached_repo_tree,
     snapshot_download,
+    try_to_load_from_cache,
 )
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError,
@@ -180,6 +181,39 @@ def list_adapter_sets(
     except LocalEntryNotFoundError as error:
         raise FileNotFoundError(_not_cached(repo_id, revision, cache_dir)) from error
     return _sets_in_folder(Path(folder))
+
+
+def check_backbone_reachable(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """``FileNotFoundError`` in one line unless Hub repo ``repo_id`` can be loaded: cached, or reachable.
+
+    Called before ``from_pretrained`` of a Hub id that is not a local path, so a mistyped local folder
+    or an unreachable Hub gives one clear line at once instead of transformers' retries and their log.
+    """
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
+    if isinstance(cached, str):
+        return
+    where = (
+        f"{repo_id!r} is not a local folder (no such path) and {_not_cached(repo_id, revision, cache_dir)}"
+    )
+    if is_offline():
+        raise FileNotFoundError(where)
+    try:
+        _api(token).model_info(repo_id, revision=revision, timeout=timeout)
+    except RepositoryNotFoundError as error:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local folder (no such path); {_repo_missing(repo_id)}"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise FileNotFoundError(f"revision {revision!r} not found in Hub repository {repo_id}") from error
+    except (httpx.ConnectError, httpx.TimeoutException, OSError, HfHubHTTPError) as error:
+        raise FileNotFoundError(where) from error
 
 
 def _repo_missing(repo_id: str) -> str:

@@ -184,6 +184,8 @@ def load_model(
         raise FileNotFoundError(
             f"backbone {str(backbone)!r} is neither a local folder nor a Hub id 'owner/name'"
         )
+    if not local.exists():
+        hub.check_backbone_reachable(str(backbone), revision)
     model = LoRunModel.from_pretrained(backbone, revision=revision)
     if adapters is None:
         if adapter_set is not None:

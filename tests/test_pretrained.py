@@ -289,3 +289,17 @@ def test_bare_set_name_loads_beside_a_backbone_in_the_shipped_layout(assets: Pat
         assert torch.equal(model.active_task.state_dict()[key], value), key
     with pytest.raises(FileNotFoundError, match="ratio-30"):
         model.load_adapter("ratio-30")
+
+
+def test_a_missing_local_path_that_looks_like_a_hub_id_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``files/nope`` (no such folder, not cached, Hub off): one line, no transformers retries."""
+    import lorun_peft.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "is_offline", lambda: True)
+    with pytest.raises(
+        FileNotFoundError, match="'files/nope' is not a local folder .* not in the local Hub cache"
+    ):
+        load_model("files/nope")
