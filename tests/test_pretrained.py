@@ -303,3 +303,23 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_is_one_clear_error(
         FileNotFoundError, match="'files/nope' is not a local folder .* not in the local Hub cache"
     ):
         load_model("files/nope")
+
+
+def test_pickle_weights_are_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backbone folder with pytorch_model.bin and no safetensors: a clear error, and torch.load never runs."""
+    model = tiny_cs_model()
+    model.save_pretrained(tmp_path / "good")
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text((tmp_path / "good" / "config.json").read_text())
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called: a pickle was unpickled")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(ValueError, match=r"has no model.safetensors \(only pytorch_model.bin: pickle files"):
+        LoRunModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        LoRunModel.from_pretrained(tmp_path / "good", use_safetensors=False)
+    assert LoRunModel.from_pretrained(tmp_path / "good").config.num_stages == 2

@@ -30,7 +30,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 from lorun_peft import hub
 from lorun_peft.denoisers import DenoiserPreTrainedModel, denoiser_from_config
@@ -836,6 +836,22 @@ class LoRunModel(PreTrainedModel):
         Returns the model in eval mode (transformers' convention): call ``.train()`` before training.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "LoRunModel loads safetensors weights only (use_safetensors=False would unpickle)"
+            )
+        kwargs["use_safetensors"] = True
+        local = Path(str(pretrained_model_name_or_path)).expanduser()
+        has_weights = (local / SAFE_WEIGHTS_NAME).is_file() or (local / SAFE_WEIGHTS_INDEX_NAME).is_file()
+        if local.is_dir() and not has_weights:
+            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(
+                p.name for p in local.glob("*.pt*")
+            )
+            raise ValueError(
+                f"{local} has no {SAFE_WEIGHTS_NAME}"
+                + (f" (only {', '.join(pickled)}: pickle files are never loaded)" if pickled else "")
+                + "; expected a LoRunModel saved with save_pretrained (safetensors weights)"
+            )
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
