@@ -306,7 +306,7 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_is_one_clear_error(
 
 
 def test_pickle_weights_are_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A backbone folder with pytorch_model.bin and no safetensors: a clear error, and torch.load never runs."""
+    """A folder with only pytorch_model.bin: a clear error, and torch.load never runs."""
     model = tiny_cs_model()
     model.save_pretrained(tmp_path / "good")
     folder = tmp_path / "pickled"
