@@ -71,6 +71,7 @@ README = "README.md"
 CARD_START = "<!-- lorun-peft:card:start -->"
 CARD_END = "<!-- lorun-peft:card:end -->"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w\-.]*/[\w\-.]+")
+_REPO_NAME = re.compile(r"[A-Za-z0-9][\w\-.]*")  # a bare name: the pusher's own namespace
 _BAD_SET_CHARS = re.compile(r"[/\\*?\[\]\s]")
 _BACKBONE_FILES = re.compile(r"(config\.json|model.*\.safetensors(\.index\.json)?)")
 
@@ -100,6 +101,28 @@ def _rev(revision: str | None) -> str:
 
 def _api(token: str | bool | None) -> HfApi:
     return HfApi(token=token, library_name=LIBRARY_NAME)
+
+
+def check_push_access(repo_id: str, token: str | bool | None = None) -> None:
+    """``ValueError`` in one line unless a push to ``repo_id`` can start: a valid id, Hub on, a token.
+
+    Run before a training run that ends in a push, so a run does not train for an hour and then fail.
+    It does not contact the Hub (the push itself reports permission errors).
+    """
+    from huggingface_hub import get_token
+
+    if not isinstance(repo_id, str) or not (_HUB_ID.fullmatch(repo_id) or _REPO_NAME.fullmatch(repo_id)):
+        raise ValueError(
+            f"Hub repo id {repo_id!r} is not 'owner/name' or 'name' (letters, digits, '-', '_', '.')"
+        )
+    if is_offline():
+        raise ValueError(
+            "--push_to_hub needs Hub access, but HF_HUB_OFFLINE is set; unset it or drop --push_to_hub"
+        )
+    if token is False or (token is None and not get_token()):
+        raise ValueError(
+            "--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (none was found)"
+        )
 
 
 def _check_online(action: str) -> None:

@@ -741,6 +741,10 @@ def run_training(
 
     _check_task(task)
     start = time.perf_counter()
+    if model_args.push_to_hub:  # before any training: a push that cannot start fails now, not at the end
+        from lorun_peft.hub import check_push_access
+
+        check_push_access(model_args.hub_model_id or Path(training.output_dir).resolve().name)
     data, model_args, training = apply_smoke(task, data, model_args, training)
     torch.manual_seed(training.seed)
     physics, physics_text = build_physics(

@@ -316,3 +316,40 @@ def test_help_lists_only_the_scripts_own_task_options(script, shown, hidden, cap
         if line.strip().startswith("--")
     }
     assert set(shown) <= flags and not set(hidden) & flags
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "message"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, [], "HF_HUB_OFFLINE is set"),
+        ({"HF_TOKEN": ""}, ["--hub_model_id", "bad id/with space"], "is not 'owner/name' or 'name'"),
+    ],
+)
+def test_push_to_hub_fails_before_training(tmp_path, monkeypatch, capsys, env, extra, message):
+    """A push that cannot start is one line and exit 2 in the first second, before any training step."""
+    import lorun_peft.hub as hub
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(hub, "is_offline", lambda: env.get("HF_HUB_OFFLINE") == "1")
+    out = tmp_path / "o"
+    argv = ["--smoke", "--push_to_hub", *extra, "--output_dir", str(out)]
+    assert _script("train_cs")(argv) == 2
+    assert message in _error(capsys)
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    import lorun_peft.hub as hub
+
+    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    out = tmp_path / "o"
+    assert (
+        _script("train_cs")(["--smoke", "--push_to_hub", "--hub_model_id", "me/cs", "--output_dir", str(out)])
+        == 2
+    )
+    assert "needs a Hugging Face token" in _error(capsys)
+    assert not out.exists()
