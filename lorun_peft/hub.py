@@ -103,6 +103,38 @@ def _api(token: str | bool | None) -> HfApi:
     return HfApi(token=token, library_name=LIBRARY_NAME)
 
 
+#: Hub ids of the models shipped inside the package: ``<task>-backbone`` and ``<task>-adapters``.
+SHIPPED_HUB_OWNER = "lorun-peft"
+
+
+def shipped_copy(reference: str | os.PathLike, revision: str | None = None) -> Path | None:
+    """The package's own copy of a shipped Hub repo (``lorun-peft/cs-backbone`` ...) when the Hub has none.
+
+    ``None`` for any other reference, or when the repo is in the local Hub cache (the Hub copy is used
+    then). Offline, or when the Hub cannot be reached or does not hold the repo, the shipped folder is
+    returned: ``lorun_peft/assets/pretrained/<task>/backbone`` or ``.../<task>/adapters``.
+    """
+    match = re.fullmatch(rf"{SHIPPED_HUB_OWNER}/(cs|sr|cassi)-(backbone|adapters)", str(reference))
+    if match is None or Path(str(reference)).expanduser().exists():
+        return None
+    task, part = match.groups()
+    folder = Path(__file__).resolve().parent / "assets" / "pretrained" / task / part
+    if not folder.is_dir():
+        return None
+    probe = "config.json" if part == "backbone" else ".gitattributes"
+    if isinstance(try_to_load_from_cache(str(reference), probe, revision=revision), str):
+        return None
+    if is_offline():
+        return folder
+    try:
+        _api(None).model_info(str(reference), revision=revision, timeout=10.0)
+    except (RepositoryNotFoundError, RevisionNotFoundError, httpx.ConnectError, httpx.TimeoutException):
+        return folder
+    except (OSError, HfHubHTTPError):
+        return folder
+    return None
+
+
 def check_push_access(repo_id: str, token: str | bool | None = None) -> None:
     """``ValueError`` in one line unless a push to ``repo_id`` can start: a valid id, Hub on, a token.
 
@@ -311,6 +343,9 @@ def resolve_adapter_dir(
     ``reference`` is a set folder, or a set name looked up in ``default_source`` (the folder or repo the
     backbone came from). An existing local path always wins over a Hub id or a set name.
     """
+    shipped = shipped_copy(reference, revision) if str(reference).endswith("-adapters") else None
+    if shipped is not None:
+        reference = shipped
     if set_name is None:
         path = Path(reference).expanduser()
         if path.is_dir() and (path / SET_FILE).is_file():

@@ -184,13 +184,14 @@ def load_model(
         raise FileNotFoundError(
             f"backbone {str(backbone)!r} is neither a local folder nor a Hub id 'owner/name'"
         )
-    if not local.exists():
+    if not local.exists() and hub.shipped_copy(backbone, revision) is None:
         hub.check_backbone_reachable(str(backbone), revision)
     model = LoRunModel.from_pretrained(backbone, revision=revision)
     if adapters is None:
         if adapter_set is not None:
             model.load_adapter(adapter_set, revision=revision)
         return model.eval()
+    adapters = hub.shipped_copy(adapters, revision) or adapters  # lorun-peft/<task>-adapters
     path = Path(adapters).expanduser()
     if path.is_dir() and (path / _SET_FILE).is_file():
         name = model.load_adapter(path)

@@ -323,3 +323,27 @@ def test_pickle_weights_are_never_loaded(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ValueError, match="safetensors weights only"):
         LoRunModel.from_pretrained(tmp_path / "good", use_safetensors=False)
     assert LoRunModel.from_pretrained(tmp_path / "good").config.num_stages == 2
+
+
+def test_shipped_hub_ids_resolve_to_the_package_copy_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's first lines: lorun-peft/<task>-backbone, then a set name or lorun-peft/<task>-adapters."""
+    import lorun_peft
+    import lorun_peft.hub as hub
+
+    monkeypatch.setattr(hub, "is_offline", lambda: True)
+    shipped = Path(lorun_peft.__file__).parent / "assets" / "pretrained"
+    assert hub.shipped_copy("lorun-peft/cs-backbone") == shipped / "cs" / "backbone"
+    assert hub.shipped_copy("lorun-peft/sr-adapters") == shipped / "sr" / "adapters"
+    assert hub.shipped_copy("lorun-peft/cs-decoder") is None and hub.shipped_copy("org/cs-backbone") is None
+    model = LoRunModel.from_pretrained("lorun-peft/cs-backbone")
+    assert model.load_adapter("ratio-25") == "ratio-25"
+    assert model.load_adapter("lorun-peft/cs-adapters", "ratio-10") == "ratio-10"
+    reference = load_pretrained("cs", "ratio-10", shipped)
+    for key, value in reference.active_task.state_dict().items():
+        assert torch.equal(model.active_task.state_dict()[key], value), key
+    assert load_model(
+        "lorun-peft/cassi-backbone", "lorun-peft/cassi-adapters", "mask-real"
+    ).physics.mask.shape == (
+        660,
+        660,
+    )

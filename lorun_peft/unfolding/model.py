@@ -836,6 +836,10 @@ class LoRunModel(PreTrainedModel):
         Returns the model in eval mode (transformers' convention): call ``.train()`` before training.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        shipped = hub.shipped_copy(pretrained_model_name_or_path, kwargs.get("revision"))
+        if shipped is not None:  # lorun-peft/<task>-backbone: the package's copy when the Hub has none
+            pretrained_model_name_or_path = shipped
+            kwargs.pop("revision", None)
         if kwargs.get("use_safetensors") is False:
             raise ValueError(
                 "LoRunModel loads safetensors weights only (use_safetensors=False would unpickle)"
