@@ -355,6 +355,8 @@ def train(
             )
         if is_main:
             _truncate_log(output_dir / LOG_FILE, start_step)
+    elif is_main:  # a fresh start in a used folder: the log begins again, not after a dead run's records
+        _truncate_log(output_dir / LOG_FILE, 0)
     accelerator.wait_for_everyone()
 
     accumulation = config.gradient_accumulation_steps

@@ -300,3 +300,11 @@ def test_time_budget_stops_early_and_saves_like_the_end(tmp_path):
     assert latest_checkpoint(config.output_dir).name == "checkpoint-1"
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert any('"step": 1' in line and '"loss"' in line for line in lines)
+
+
+def test_a_fresh_start_in_a_used_folder_begins_a_new_log(tmp_path):
+    config = _config(tmp_path, max_steps=4, log_every=1)
+    train(_model(), smooth_patches(16, 16), config)
+    train(_model(), smooth_patches(16, 16), config)  # no checkpoint to resume: starts over at step 1
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
