@@ -223,12 +223,13 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str]:
     from lorun_peft import pretrained
 
     if args.backbone is not None:
-        selected = _selected_set(args, None)
         index = None
         if args.scale is not None and args.adapters is not None and args.adapter_set is None:
-            model = pretrained.load_model(args.backbone, args.adapters)
+            model = pretrained.load_model(args.backbone, args.adapters)  # every set resident
             selected, index = _sr_choice(args, model.list_adapter_sets())
-        model = pretrained.load_model(args.backbone, args.adapters, selected)
+            model.set_adapter_set(selected)
+        else:
+            model = pretrained.load_model(args.backbone, args.adapters, _selected_set(args, None))
         _apply_kernel(model, index, args.pretrained_dir)
         source = f"backbone {args.backbone}" + (f", adapters {args.adapters}" if args.adapters else "")
         task = _task_of(model)
@@ -542,16 +543,15 @@ def run_restore(args: argparse.Namespace) -> int:
     else:
         if args.measured:
             raise ValueError("--measured applies to image files; saved measurements are always measurements")
-        y, metadata = _read_measurement(source)
         if task == "cassi" and suffix == ".mat" and _holds_variable(source, "meas_real"):
             from lorun_peft.evaluation import real_measurement_scale
             from lorun_peft.physics import load_cassi_measurement
 
-            factor = real_measurement_scale(
-                args.real_scale, physics.bands(load_cassi_measurement(source)[None])
-            )
-            y = load_cassi_measurement(source) * factor
-            metadata = {"real_scale": f"{factor:g}"}
+            y = load_cassi_measurement(source)
+            factor = real_measurement_scale(args.real_scale, physics.bands(y[None]))
+            y, metadata = y * factor, {"real_scale": f"{factor:g}"}
+        else:
+            y, metadata = _read_measurement(source)
         if image_size is None and "image_size" in metadata:
             image_size = _parse_size(metadata["image_size"])
         kind = f"measurement {tuple(y.shape)}"

@@ -128,10 +128,8 @@ def shipped_copy(reference: str | os.PathLike, revision: str | None = None) -> P
         return folder
     try:
         _api(None).model_info(str(reference), revision=revision, timeout=10.0)
-    except (RepositoryNotFoundError, RevisionNotFoundError, httpx.ConnectError, httpx.TimeoutException):
-        return folder
-    except (OSError, HfHubHTTPError):
-        return folder
+    except (httpx.ConnectError, httpx.TimeoutException, OSError, HfHubHTTPError):
+        return folder  # not found (RepositoryNotFoundError is an HfHubHTTPError) or not reachable
     return None
 
 

@@ -177,6 +177,7 @@ def load_model(
     from lorun_peft import hub
     from lorun_peft.unfolding import LoRunModel
 
+    backbone = hub.shipped_copy(backbone, revision) or backbone  # lorun-peft/<task>-backbone
     local = Path(backbone).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"backbone folder {local} has no config.json (expected a saved LoRunModel)")
@@ -184,7 +185,7 @@ def load_model(
         raise FileNotFoundError(
             f"backbone {str(backbone)!r} is neither a local folder nor a Hub id 'owner/name'"
         )
-    if not local.exists() and hub.shipped_copy(backbone, revision) is None:
+    if not local.exists():
         hub.check_backbone_reachable(str(backbone), revision)
     model = LoRunModel.from_pretrained(backbone, revision=revision)
     if adapters is None:

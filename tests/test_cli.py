@@ -340,22 +340,30 @@ def test_restore_sr_with_an_all_kernel_set_writes_the_chosen_kernel(
     assert "expected 'x3-k1' or the all-kernel set 'x3'; installed: x2" in capsys.readouterr().err
 
 
+def _install_tiny_cassi(mask: torch.Tensor, root: Path, monkeypatch: pytest.MonkeyPatch):
+    """A 4-band, K = 2 CASSI model on ``mask``, installed as the shipped ``cassi`` model under ``root``."""
+    from lorun_peft import CASSI, LoRunModel
+    from lorun_peft.data.tasks import build_denoiser
+    from lorun_peft.pretrained import save_pretrained_assets
+
+    model = LoRunModel.from_components(
+        CASSI(mask), build_denoiser("unet", 4, 4, 2), num_stages=2, algorithm="hqs"
+    )
+    save_pretrained_assets(model, "cassi", root)
+    monkeypatch.setenv(PRETRAINED_ENV, str(root))
+    return model
+
+
 def test_restore_real_tsa_measurement_scales_meas_real(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from scipy.io import savemat
 
-    from lorun_peft import CASSI, LoRunModel
-    from lorun_peft.data.tasks import build_denoiser
-    from lorun_peft.pretrained import save_pretrained_assets
+    from lorun_peft import CASSI
 
     torch.manual_seed(0)
     mask = torch.rand(16, 16)
-    model = LoRunModel.from_components(
-        CASSI(mask), build_denoiser("unet", 4, 4, 2), num_stages=2, algorithm="hqs"
-    )
-    save_pretrained_assets(model, "cassi", tmp_path)
-    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    model = _install_tiny_cassi(mask, tmp_path, monkeypatch)
     cube = torch.rand(1, 4, 16, 16)
     y = CASSI(mask).A(cube)[0]
     savemat(tmp_path / "scene.mat", {"meas_real": (y / 2).numpy()})  # TSA stores y / (C / 2)
@@ -382,17 +390,9 @@ def test_evaluate_cassi_with_the_full_mask(
     """A model trained on 16x16 mask crops scores a 24x24 cube with --mask (the full aperture)."""
     from scipy.io import savemat
 
-    from lorun_peft import CASSI, LoRunModel
-    from lorun_peft.data.tasks import build_denoiser
-    from lorun_peft.pretrained import save_pretrained_assets
-
     torch.manual_seed(0)
     full = torch.rand(24, 24)
-    model = LoRunModel.from_components(
-        CASSI(full[:16, :16].contiguous()), build_denoiser("unet", 4, 4, 2), num_stages=2, algorithm="hqs"
-    )
-    save_pretrained_assets(model, "cassi", tmp_path / "assets")
-    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path / "assets"))
+    _install_tiny_cassi(full[:16, :16].contiguous(), tmp_path / "assets", monkeypatch)
     savemat(tmp_path / "mask.mat", {"mask": full.numpy()})
     np.savez(tmp_path / "cube.npz", cube=np.random.default_rng(0).random((24, 24, 4)).astype("float32"))
     out_dir = tmp_path / "eval"

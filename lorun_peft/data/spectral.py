@@ -43,13 +43,18 @@ def _set_epoch(dataset: Any, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
+def gaussian_responses(wavelengths: Sequence[float]) -> Tensor:
+    """``(bands, 3)`` float64 values of the R, G, B Gaussians (peaks :data:`RGB_PEAKS_NM`) at each band."""
+    lam = torch.tensor([float(v) for v in wavelengths], dtype=torch.float64)
+    peaks = torch.tensor(RGB_PEAKS_NM, dtype=torch.float64)
+    return torch.exp(-0.5 * ((lam[:, None] - peaks[None]) / RGB_WIDTH_NM) ** 2)
+
+
 def rgb_response(wavelengths: Sequence[float]) -> Tensor:
     """``(bands, 3)`` camera response (R, G, B Gaussians), each column summing to 1 (white -> 1, 1, 1)."""
-    lam = torch.tensor([float(v) for v in wavelengths], dtype=torch.float64)
-    if lam.ndim != 1 or lam.numel() < 3:
-        raise ValueError(f"need at least 3 band wavelengths to project to RGB, got {lam.numel()}")
-    peaks = torch.tensor(RGB_PEAKS_NM, dtype=torch.float64)
-    response = torch.exp(-0.5 * ((lam[:, None] - peaks[None]) / RGB_WIDTH_NM) ** 2)
+    if len(wavelengths) < 3:
+        raise ValueError(f"need at least 3 band wavelengths to project to RGB, got {len(wavelengths)}")
+    response = gaussian_responses(wavelengths)
     return response / response.sum(dim=0, keepdim=True)
 
 

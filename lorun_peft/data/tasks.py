@@ -577,9 +577,9 @@ def synthetic_cube(image: Tensor, bands: int) -> Tensor:
     Each pixel's spectrum is a mix of three Gaussian bumps (at 610, 540, 465 nm, 45 nm wide) weighted by
     its R, G, B values: real spatial structure and smooth spectra, for smoke runs without cubes.
     """
-    centres = torch.tensor([610.0, 540.0, 465.0], dtype=torch.float64)
-    wavelengths = torch.tensor(cube_wavelengths(bands), dtype=torch.float64)
-    response = torch.exp(-0.5 * ((wavelengths[:, None] - centres[None]) / 45.0) ** 2)  # (bands, 3)
+    from lorun_peft.data.spectral import gaussian_responses
+
+    response = gaussian_responses(cube_wavelengths(bands))  # (bands, 3)
     cube = torch.einsum("bc,chw->bhw", response, image.to(torch.float64))
     return (cube / cube.max().clamp_min(1e-12)).to(torch.float32)
 
