@@ -811,6 +811,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="LoRun deep LoRA-unfolding networks for image restoration (CS, SR, CASSI).",
         formatter_class=_Formatter,
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
@@ -945,6 +950,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Set to 1 to get tracebacks instead of one-line errors (as ``lorun --debug``).
+DEBUG_ENV = "LORUN_DEBUG"
+#: Errors that mean bad input (arguments, files, data): one line on stderr and exit status 2.
+_INPUT_ERRORS = (ValueError, OSError, TypeError, LookupError)
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text or type(error).__name__
@@ -962,6 +973,9 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lorun`` with ``argv`` (default ``sys.argv[1:]``); 0 on success, 2 on bad input.
 
+    Errors are one line on stderr: exit 2 for bad input (arguments, files, data), 1 for anything else;
+    ``--debug`` or ``LORUN_DEBUG=1`` shows the traceback instead.
+
     A closed output pipe ends the command quietly with 1 (Python's advice for ``EPIPE``).
     """
     parser = build_parser()
@@ -978,9 +992,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (``lorun info | head``): not a bad input, so no error line
         _silence_stdout()
         return 1
-    except (ValueError, OSError) as error:
-        print(f"lorun {args.command}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        if isinstance(error, _INPUT_ERRORS):
+            print(f"lorun {args.command}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        print(
+            f"lorun {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+            f"(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -47,6 +47,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import httpx
 
+from lorun_peft.tuners import validate_set_name
+
 if TYPE_CHECKING:
     from lorun_peft.unfolding.model import LoRunModel
 
@@ -72,7 +74,6 @@ CARD_START = "<!-- lorun-peft:card:start -->"
 CARD_END = "<!-- lorun-peft:card:end -->"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w\-.]*/[\w\-.]+")
 _REPO_NAME = re.compile(r"[A-Za-z0-9][\w\-.]*")  # a bare name: the pusher's own namespace
-_BAD_SET_CHARS = re.compile(r"[/\\*?\[\]\s]")
 _BACKBONE_FILES = re.compile(r"(config\.json|model.*\.safetensors(\.index\.json)?)")
 
 #: ``{dataset: {metric: value}}``, e.g. ``{"Set11": {"psnr": 31.2, "ssim": 0.91}}``.
@@ -169,14 +170,6 @@ def _sets_in_files(paths: list[str]) -> list[str]:
 
 def _sets_in_folder(folder: Path) -> list[str]:
     return sorted(p.parent.name for p in folder.glob(f"*/{SET_FILE}"))
-
-
-def _check_set_name(set_name: str) -> str:
-    if not isinstance(set_name, str) or not set_name or _BAD_SET_CHARS.search(set_name):
-        raise ValueError(
-            f"adapter set name {set_name!r} is not valid: use letters, digits, '_' and '-' (e.g. 'ratio-25')"
-        )
-    return set_name
 
 
 def _not_cached(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> str:
@@ -290,7 +283,7 @@ def download_adapter_set(
     snapshot is used. Raises ``FileNotFoundError`` for a missing repo or revision, a set the repo does
     not hold (naming the sets it holds), and a set that is not cached while offline.
     """
-    _check_set_name(set_name)
+    validate_set_name(set_name)
     try:
         folder = snapshot_download(
             repo_id,
@@ -341,6 +334,8 @@ def resolve_adapter_dir(
     ``reference`` is a set folder, or a set name looked up in ``default_source`` (the folder or repo the
     backbone came from). An existing local path always wins over a Hub id or a set name.
     """
+    if set_name is not None:  # before any path is built from it: "../other/set" never reaches the disk
+        validate_set_name(set_name)
     shipped = shipped_copy(reference, revision) if str(reference).endswith("-adapters") else None
     if shipped is not None:
         reference = shipped

@@ -29,6 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lorun_peft.hub import SHIPPED_ADAPTERS_DIR
+from lorun_peft.integrity import add_backbone_checksums
+from lorun_peft.tuners import record_set_checksums
 
 if TYPE_CHECKING:
     from lorun_peft.unfolding import LoRunModel
@@ -45,6 +47,7 @@ __all__ = [
     "pretrained_kernels",
     "pretrained_root",
     "read_manifest",
+    "record_asset_checksums",
     "resolve_sr_set",
     "save_pretrained_assets",
 ]
@@ -274,6 +277,18 @@ def cast_safetensors_file(path: str | os.PathLike, dtype: torch.dtype) -> None:
     os.replace(tmp, path)
 
 
+def record_asset_checksums(task_dir: str | os.PathLike) -> None:
+    """Record the sha256 of every weight file of a ``<task>/`` asset folder in its backbone's and sets' JSON.
+
+    ``save_pretrained`` and ``save_adapter_set`` record them as they write; this re-records them after
+    the files were rewritten on purpose (the float16 cast of :func:`save_pretrained_assets`).
+    """
+    task_dir = Path(task_dir)
+    add_backbone_checksums(task_dir / BACKBONE_DIR)
+    for name in _sets_in(task_dir / ADAPTERS_DIR):
+        record_set_checksums(task_dir / ADAPTERS_DIR / name)
+
+
 def _rounded_copy(model: LoRunModel, dtype: torch.dtype) -> LoRunModel:
     """A copy of ``model`` whose floating tensors hold values exactly representable in ``dtype``.
 
@@ -329,6 +344,7 @@ def save_pretrained_assets(
                 (tmp / ADAPTERS_DIR).rglob("*.safetensors")
             ):
                 cast_safetensors_file(path, storage_dtype)
+            record_asset_checksums(tmp)
         if manifest is not None:
             (tmp / MANIFEST).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -200,12 +200,19 @@ def test_restore_image_then_saved_measurement(
     out = capsys.readouterr().out
     clean = torch.from_numpy(np.asarray(Image.open(source), dtype=np.float32) / 255)[None, None]
     psnr, _ = _expected_cs(load_pretrained("cs", "ratio-50", assets), clean)
-    assert re.search(rf"restored\s+PSNR\s+{psnr:.2f} dB", out)
+    printed = re.search(r"restored\s+PSNR\s+(-?[\d.]+) dB", out)
+    # The CLI's own model instance may get other oneDNN kernels: the 2-decimal value may round the other way.
+    assert printed and float(printed[1]) == pytest.approx(psnr, abs=0.006)
     # The saved measurement records its set and image size: restoring it needs no flags.
     assert main(["restore", str(measurement), "--output", str(second)]) == 0
     assert "simulated with adapter set 'ratio-50'" in capsys.readouterr().out
     a, b = np.asarray(Image.open(first)), np.asarray(Image.open(second))
-    assert a.shape == (40, 48) and np.array_equal(a, b)
+    assert a.shape == (40, 48)
+    # Each run restores with its own model instance (oneDNN may pick other kernels): a pixel may round
+    # to the neighbouring 8-bit level, never further.
+    torch.testing.assert_close(
+        torch.tensor(b, dtype=torch.int32), torch.tensor(a, dtype=torch.int32), rtol=0, atol=1
+    )
     assert main(["restore", str(measurement), "--ratio", "0.25", "--output", str(second)]) == 2
     assert "was simulated with adapter set 'ratio-50'" in capsys.readouterr().err
 
@@ -218,7 +225,10 @@ def test_restore_npy_measurement_with_image_size(tmp_path: Path, assets: Path) -
     output = tmp_path / "out.png"
     assert main(["restore", str(tmp_path / "y.npy"), "--image-size", "20x28", "--output", str(output)]) == 0
     expected = (model.restore(y, image_size=(20, 28))[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    assert np.array_equal(np.asarray(Image.open(output)), expected)
+    # The CLI restores with its own model instance (oneDNN may pick other kernels): a pixel may round
+    # to the neighbouring 8-bit level, never further.
+    saved = torch.tensor(np.asarray(Image.open(output)), dtype=torch.int32)
+    torch.testing.assert_close(saved, torch.tensor(expected, dtype=torch.int32), rtol=0, atol=1)
 
 
 def test_restore_sr_image_and_low_resolution_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -411,3 +421,35 @@ def test_evaluate_cassi_with_the_full_mask(
     assert "CASSI (TSA/MST)" in capsys.readouterr().out
     assert main([*argv, "--mask", str(tmp_path / "nope.mat")]) == 2
     assert "nope.mat does not exist" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(
+    assets: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input: one line, exit 2; any other error: one line, exit 1; --debug or LORUN_DEBUG=1 re-raise."""
+    import lorun_peft.cli as cli
+
+    backbone = assets / "cs" / "backbone"
+    damaged = assets.parent / "damaged_backbone"
+    shutil.copytree(backbone, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    assert main(["info", "--backbone", str(damaged)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "model.safetensors is damaged or was changed after saving" in err[0], err
+    with pytest.raises(ValueError, match="damaged"):
+        main(["--debug", "info", "--backbone", str(damaged)])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(ValueError, match="damaged"):
+        main(["info", "--backbone", str(damaged)])
+    monkeypatch.delenv(cli.DEBUG_ENV)
+
+    def boom(args):
+        raise RuntimeError("an internal failure")
+
+    monkeypatch.setattr(cli, "run_info", boom)  # build_parser binds it when main() runs
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "lorun info: internal error: RuntimeError: an internal failure (rerun with --debug for the traceback)"
+    ]

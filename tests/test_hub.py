@@ -59,6 +59,12 @@ def make_model() -> LoRunModel:
     return model.eval()
 
 
+def assert_same_restore(restored: torch.Tensor, expected: torch.Tensor, label: str = "") -> None:
+    """A loaded model's restore against the original's: same weights, but two instances may get other
+    oneDNN kernels, so outputs agree only to rounding (a wrong set or weight is off by far more)."""
+    torch.testing.assert_close(restored, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{label} {m}".strip())
+
+
 def outputs(model: LoRunModel, set_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(measurement, restored) for one set, from a fixed image."""
     model.set_adapter_set(set_name)
@@ -187,10 +193,10 @@ def test_backbone_and_sets_load_offline_by_repo_id(tmp_path, cache):
     for name in ("ratio-25", "ratio-10"):
         measurement, expected = outputs(original, name)
         model.set_adapter_set(name)
-        assert torch.equal(model.restore(measurement), expected), name
+        assert_same_restore(model.restore(measurement), expected, name)
     with original.disable_adapters(), model.disable_adapters():
         measurement = original.physics.measure(torch.rand(1, 1, 16, 16))
-        assert torch.equal(model.restore(measurement), original.restore(measurement))
+        assert_same_restore(model.restore(measurement), original.restore(measurement))
 
 
 def test_sets_in_their_own_repo_and_revisions(tmp_path, cache):
@@ -209,7 +215,7 @@ def test_sets_in_their_own_repo_and_revisions(tmp_path, cache):
     for name in ("ratio-25", "ratio-10"):
         measurement, expected = outputs(original, name)
         model.set_adapter_set(name)
-        assert torch.equal(model.restore(measurement), expected), name
+        assert_same_restore(model.restore(measurement), expected, name)
     with pytest.raises(
         FileNotFoundError, match=r"set 'ratio-25' not found in org/cs-adapters \(revision 'v1'\)"
     ):
@@ -251,7 +257,7 @@ def test_bare_set_name_needs_a_source(tmp_path):
     loaded = LoRunModel.from_pretrained(folder)
     assert loaded.load_adapter("ratio-10") == "ratio-10"  # a local backbone's sets beside it
     assert loaded.load_adapter(folder / "ratio-25") == "ratio-25"  # a set folder itself
-    with pytest.raises(ValueError, match="not valid"):
+    with pytest.raises(ValueError, match="invalid adapter set name"):
         hub.download_adapter_set("org/x", "ratio-*")
 
 
@@ -277,7 +283,7 @@ def test_push_adapter_set_is_one_commit_that_loads_back(tmp_path, fake_hub):
     model = LoRunModel.from_pretrained(tmp_path / "bb")
     model.load_adapter(checkout, "ratio-25")
     measurement, expected = outputs(original, "ratio-25")
-    assert torch.equal(model.restore(measurement), expected)
+    assert_same_restore(model.restore(measurement), expected)
 
     meta, body = fake_hub.card("org/cs-adapters")
     assert meta["library_name"] == "lorun-peft"
@@ -341,7 +347,7 @@ def test_push_to_hub_commits_the_clean_backbone(tmp_path, fake_hub):
     assert model.mode == "shared" and not model.list_adapter_sets()
     with original.disable_adapters():
         measurement = original.physics.measure(torch.rand(1, 1, 16, 16))
-        assert torch.equal(model.restore(measurement), original.restore(measurement))
+        assert_same_restore(model.restore(measurement), original.restore(measurement))
 
     meta, body = fake_hub.card("org/cs-backbone")
     assert meta["library_name"] == "lorun-peft" and "base_model" not in meta
@@ -375,7 +381,7 @@ def test_readme_flow_hub_to_restore_to_push(tmp_path, cache, fake_hub, monkeypat
     model = LoRunModel.from_pretrained("org/cs-backbone")
     model.load_adapter("ratio-25")
     measurement, expected = outputs(original, "ratio-25")
-    assert torch.equal(model.restore(measurement), expected)
+    assert_same_restore(model.restore(measurement), expected)
     with pytest.raises(OfflineModeIsEnabled, match="HF_HUB_OFFLINE"):
         model.push_adapter_set("org/cs-adapters")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

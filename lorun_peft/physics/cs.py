@@ -57,6 +57,13 @@ def num_measurements(ratio: float, block_size: int) -> int:
     return max(1, math.ceil(ratio * area - _CEIL_GUARD * area))
 
 
+def _describe_step(mu: Any) -> str:
+    """A step size for an error message: the number, or the range of a per-item tensor."""
+    if isinstance(mu, Tensor) and mu.numel() > 1:
+        return f"[{float(mu.min()):.3g}, {float(mu.max()):.3g}]"
+    return f"{float(mu):.3g}"
+
+
 def _check_ratio(ratio: float) -> None:
     """Any real number (Python or NumPy) in (0, 1]; bools, strings and tensors are refused."""
     number = isinstance(ratio, (int, float, np.integer, np.floating)) and not isinstance(
@@ -222,7 +229,14 @@ class BlockCS(LinearOperator):
         mu_t = torch.as_tensor(mu, dtype=solve_dtype, device=phi.device)
         if mu_t.ndim == 1:
             mu_t = mu_t.view(-1, 1, 1)
-        solution = torch.linalg.solve(phi @ phi.T + mu_t * eye, rhs.to(solve_dtype)).to(residual.dtype)
+        try:
+            solution = torch.linalg.solve(phi @ phi.T + mu_t * eye, rhs.to(solve_dtype)).to(residual.dtype)
+        except torch.linalg.LinAlgError as exc:
+            rank = int(torch.linalg.matrix_rank(phi.detach()))
+            raise ValueError(
+                f"HQS step: Phi Phi^T + mu I is numerically singular at mu={_describe_step(mu)} "
+                f"(Phi has rank {rank} of {n} rows); expected a larger mu, or a Phi of full row rank"
+            ) from exc
         solution = (
             solution.reshape(batch, n, channels, h * w).transpose(1, 2).reshape(batch, channels * n, h, w)
         )

@@ -39,6 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lorun_peft.integrity import SET_CHECKSUM_KEY, record_checksums, verify_checksums
+
 from .config import StageLoRAConfig
 from .layers import StageLoRALayer, factor_shapes
 from .stage import (
@@ -400,6 +402,7 @@ def save_adapter_set(
             )
         task = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(task, str(tmp / TASK_FILE), {"format": "pt"})
+        info[SET_CHECKSUM_KEY] = record_checksums(tmp, _weight_files(record.num_stages))
         (tmp / SET_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         _swap_into_place(tmp, target)
     except BaseException:
@@ -425,7 +428,27 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def record_set_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """Re-record the sha256 of a saved set's weight files in its ``adapter_set.json``; returns them.
+
+    For files rewritten on purpose after :func:`save_adapter_set` (e.g. cast to float16 for shipping);
+    ``adapter_set.json`` is replaced atomically.
+    """
+    path = Path(path)
+    info = _read_set_info(path, None)
+    info[SET_CHECKSUM_KEY] = record_checksums(path, _weight_files(info["num_stages"]))
+    tmp = path / f".{SET_FILE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path / SET_FILE)
+    return info[SET_CHECKSUM_KEY]
+
+
 # ---------------------------------------------------------------- load ----------------------------------
+def _weight_files(num_stages: int) -> list[str]:
+    """The weight files of a K-stage set folder, relative to it (the keys of its sha256 record)."""
+    return [f"{_stage_dir_name(k)}/{WEIGHTS_FILE}" for k in range(num_stages)] + [TASK_FILE]
+
+
 def _read_set_info(path: Path, set_name: str | None) -> dict[str, Any]:
     info_file = path / SET_FILE
     if not info_file.is_file():
@@ -518,6 +541,7 @@ def load_adapter_set(
     num_stages: int | None = None,
     trainable: bool = False,
     activate: bool = True,
+    verify_integrity: bool = True,
 ) -> LoadedAdapterSet:
     """Load an adapter set onto ``model`` (the denoiser, or a module containing the adapted one).
 
@@ -525,6 +549,8 @@ def load_adapter_set(
     checked before the model is touched: the base fingerprint, K (against ``num_stages`` and the sets
     already resident), every stage folder, every tensor's name, shape and dtype, the task file. Any
     problem raises :class:`AdapterSetError` (a ``ValueError``) and leaves the model exactly as it was.
+    Each weight file must match the sha256 recorded in ``adapter_set.json`` (``IntegrityError``, also a
+    ``ValueError``) unless ``verify_integrity=False``; sets saved before the record existed load unchecked.
     The loaded adapters are frozen unless ``trainable``; the set becomes active if ``activate``.
     """
     path = Path(directory) / validate_set_name(set_name) if set_name is not None else Path(directory)
@@ -547,6 +573,9 @@ def load_adapter_set(
     missing = [_stage_dir_name(i) for i in range(k) if not (path / _stage_dir_name(i)).is_dir()]
     if missing:
         raise AdapterSetError(f"adapter set {path} declares K={k} but stage folders {missing} are missing")
+    if verify_integrity and SET_CHECKSUM_KEY in info:
+        present = [file for file in _weight_files(k) if (path / file).is_file()]
+        verify_checksums(path, info[SET_CHECKSUM_KEY], present, source=str(path / SET_FILE))
     stages = [_read_stage(holder, path / _stage_dir_name(i), info) for i in range(k)]
     if not (path / TASK_FILE).is_file():
         raise AdapterSetError(f"adapter set {path} is missing {TASK_FILE}")

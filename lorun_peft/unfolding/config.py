@@ -16,6 +16,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from lorun_peft.integrity import BACKBONE_CHECKSUM_KEY
+
 from .steps import ALGORITHMS
 
 BACKBONE_MODES = ("block", "shared")
@@ -44,6 +46,7 @@ class LoRunConfig(PreTrainedConfig):
     step_init: float = 0.5
 
     def __post_init__(self, **kwargs: Any) -> None:
+        kwargs.pop(BACKBONE_CHECKSUM_KEY, None)  # the saved weights' digests: checked at load, not a setting
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
         if self.algorithm not in ALGORITHMS:

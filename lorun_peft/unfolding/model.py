@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,13 +28,26 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
+from transformers.utils import (
+    CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    ModelOutput,
+    cached_file,
+)
 
 from lorun_peft import hub
 from lorun_peft.denoisers import DenoiserPreTrainedModel, denoiser_from_config
+from lorun_peft.integrity import (
+    BACKBONE_CHECKSUM_KEY,
+    add_backbone_checksums,
+    backbone_weight_files,
+    verify_checksums,
+)
 from lorun_peft.physics import LinearOperator, physics_from_config
 from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 from lorun_peft.tuners import (
@@ -99,6 +113,31 @@ _PUSH_KWARGS = (
     "revision",
     "create_pr",
 )
+
+
+def _check_backbone_folder(folder: Path, verify_integrity: bool) -> None:
+    """Refuse a backbone folder whose ``config.json`` is unreadable or whose weights fail their sha256."""
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        raise ValueError(f"{folder} has no {CONFIG_NAME}; expected a LoRunModel saved with save_pretrained")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(
+            f"{config_file} is not readable JSON ({exc}): the file is damaged or truncated"
+        ) from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, expected an object")
+    if verify_integrity and BACKBONE_CHECKSUM_KEY in config:
+        verify_checksums(
+            folder, config[BACKBONE_CHECKSUM_KEY], backbone_weight_files(folder), source=str(config_file)
+        )
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword arguments that locate a Hub file (for ``cached_file``)."""
+    keys = ("revision", "cache_dir", "token", "local_files_only", "subfolder")
+    return {key: kwargs[key] for key in keys if key in kwargs}
 
 
 def _build_physics(config: dict[str, Any]) -> LinearOperator:
@@ -697,6 +736,7 @@ class LoRunModel(PreTrainedModel):
         set_name: str | None = None,
         revision: str | None = None,
         trainable: bool = False,
+        verify_integrity: bool = True,
     ) -> str:
         """Load an adapter set saved by :meth:`save_adapter_set` onto this backbone and activate it.
 
@@ -704,7 +744,8 @@ class LoRunModel(PreTrainedModel):
         ``set_name=None``) a set name stored beside the backbone this model was loaded from. All or nothing:
         a set saved for another backbone (fingerprint), K or algorithm, or whose task tensors do not fit
         its physics, raises ``ValueError`` and leaves the model as it was. The set's adapters and task
-        parameters are frozen unless ``trainable``. Returns the set's name.
+        parameters are frozen unless ``trainable``. Each weight file must match the sha256 recorded in
+        its ``adapter_set.json`` unless ``verify_integrity=False``. Returns the set's name.
         """
         self._check_shared_backbone()
         directory = _resolve_adapter_dir(
@@ -716,6 +757,7 @@ class LoRunModel(PreTrainedModel):
             num_stages=self.config.num_stages,
             trainable=trainable,
             activate=False,
+            verify_integrity=verify_integrity,
         )
         try:
             if set_name is not None and loaded.name != set_name:
@@ -818,14 +860,21 @@ class LoRunModel(PreTrainedModel):
 
         In lorun mode the saved backbone is the clean phase-1 model (mode ``"shared"``); adapter sets are
         saved with :meth:`save_adapter_set`. Files are written into a temporary folder inside
-        ``save_directory`` and moved into place with ``os.replace``. ``push_to_hub=True`` (with
-        ``repo_id``, default the folder's name) then pushes the same backbone with :meth:`push_to_hub`.
+        ``save_directory`` and moved into place with ``os.replace``; ``config.json`` records the sha256
+        of each weight file (:mod:`lorun_peft.integrity`), which ``from_pretrained`` verifies.
+        ``push_to_hub=True`` (with ``repo_id``, default the folder's name) then pushes the same backbone
+        with :meth:`push_to_hub`.
         """
         push = kwargs.pop("push_to_hub", False)
         push_kwargs = {key: kwargs.pop(key) for key in _PUSH_KWARGS if key in kwargs}
         if self.mode == "lorun":
             kwargs.setdefault("state_dict", self.backbone_state_dict())
-        save_atomically(save_directory, lambda tmp: super(LoRunModel, self).save_pretrained(tmp, **kwargs))
+
+        def write(tmp: str) -> None:
+            super(LoRunModel, self).save_pretrained(tmp, **kwargs)
+            add_backbone_checksums(tmp)
+
+        save_atomically(save_directory, write)
         if push:
             self.push_to_hub(push_kwargs.pop("repo_id", None) or Path(save_directory).name, **push_kwargs)
 
@@ -833,9 +882,13 @@ class LoRunModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """``PreTrainedModel.from_pretrained`` that raises on missing, unexpected or mismatched keys.
 
-        Returns the model in eval mode (transformers' convention): call ``.train()`` before training.
+        Reads safetensors only, and checks each weight file against the sha256 its ``config.json``
+        records (``verify_integrity=False`` skips that, for weights edited on purpose); a damaged,
+        truncated or changed file raises ``ValueError`` naming it. Returns the model in eval mode
+        (transformers' convention): call ``.train()`` before training.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        verify_integrity = kwargs.pop("verify_integrity", True)
         shipped = hub.shipped_copy(pretrained_model_name_or_path, kwargs.get("revision"))
         if shipped is not None:  # lorun-peft/<task>-backbone: the package's copy when the Hub has none
             pretrained_model_name_or_path = shipped
@@ -856,9 +909,20 @@ class LoRunModel(PreTrainedModel):
                 + (f" (only {', '.join(pickled)}: pickle files are never loaded)" if pickled else "")
                 + "; expected a LoRunModel saved with save_pretrained (safetensors weights)"
             )
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-        )
+        if local.is_dir():
+            _check_backbone_folder(local, verify_integrity)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as exc:
+            raise ValueError(
+                f"the weights of {pretrained_model_name_or_path} cannot be read ({exc}): the safetensors "
+                "file is damaged or truncated; expected a complete file written by save_pretrained"
+            ) from exc
+        if not local.is_dir():  # a Hub repo: check the downloaded copy
+            folder = Path(cached_file(str(pretrained_model_name_or_path), CONFIG_NAME, **_hub_kwargs(kwargs)))
+            _check_backbone_folder(folder.parent, verify_integrity)
         raise_on_loading_problems(info, pretrained_model_name_or_path, "LoRunModel")
         model._freeze_unused_lambda(model.task)  # loading replaces the parameters built in __init__
         return (model, info) if want_info else model

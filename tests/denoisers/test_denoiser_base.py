@@ -52,10 +52,14 @@ def test_save_load_roundtrip_is_exact(family: str, noise_level_map: bool, tmp_pa
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     assert loaded.config.model_type == model.config.model_type
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()
+    assert all(torch.equal(saved[key], reloaded[key]) for key in saved), "weights must round-trip exactly"
     x = image(model)
     sigma = 0.1 if noise_level_map else None
+    # Two instances may get different oneDNN kernels, so their outputs agree only to rounding.
     with torch.no_grad():
-        assert (loaded(x, sigma) - model(x, sigma)).abs().max().item() == 0.0
+        torch.testing.assert_close(loaded(x, sigma), model(x, sigma), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -36,9 +36,13 @@ def test_save_load_round_trip_is_exact(tmp_path) -> None:
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, SSRDenoiser) and loaded.config.to_diff_dict() == model.config.to_diff_dict()
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()
+    assert all(torch.equal(saved[key], reloaded[key]) for key in saved), "weights must round-trip exactly"
+    # Two instances may get different oneDNN kernels, so their outputs agree only to rounding.
     x = torch.rand(2, 28, 37, 53)
     with torch.no_grad():
-        assert (loaded(x) - model(x)).abs().max().item() == 0
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bands, size", [(28, (37, 53)), (3, (5, 9)), (31, (16, 16))])
@@ -91,7 +95,10 @@ def test_window_attention_is_local() -> None:
     changed = x.clone()
     changed[..., 4:, 4:] += 1.0  # only the bottom-right window
     diff = (attn(changed) - attn(x)).abs().sum(dim=1)[0]
-    assert diff[4:, 4:].max() > 0 and diff[:4, :].max() == 0 and diff[:, :4].max() == 0
+    assert diff[4:, 4:].max() > 0.01
+    # Two forward runs agree elsewhere only to rounding; a window leak would be of the order of the change.
+    torch.testing.assert_close(diff[:4, :], torch.zeros(4, 8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(diff[:, :4], torch.zeros(8, 4), rtol=0, atol=1e-6)
 
 
 def test_bad_config_raises() -> None:

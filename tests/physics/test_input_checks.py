@@ -54,3 +54,12 @@ def test_sr_init_refuses_what_the_adjoint_refuses():
     with pytest.raises(ValueError, match="smaller than the kernel"):
         physics.init(tiny)
     assert physics.init(torch.rand(1, 1, 4, 4)).shape == (1, 1, 8, 8)
+
+
+def test_hqs_step_on_a_rank_deficient_phi_is_one_clear_error() -> None:
+    """Phi Phi^T + mu I singular in floating point: a ValueError naming mu and the rank, not _LinAlgError."""
+    cs = BlockCS(0.25, block_size=8, matrix=torch.ones(16, 64))  # rank 1: the solve's pivots hit exactly 0
+    z = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"numerically singular at mu=1e-12 \(Phi has rank 1 of 16 rows\)"):
+        cs.hqs_step(z, cs.A(z), 1e-12)
+    assert torch.isfinite(cs.hqs_step(z, cs.A(z), 0.5)).all()

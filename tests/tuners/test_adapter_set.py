@@ -22,6 +22,7 @@ from lorun_peft.tuners import (
     list_adapter_sets,
     load_adapter_set,
     parameter_report,
+    record_set_checksums,
     save_adapter_set,
     set_adapter_set,
     stage,
@@ -103,8 +104,9 @@ def test_save_load_round_trip(trained, layout):
     assert loaded.name == "ratio-25" and loaded.metadata == {"task": "cs", "ratio": 0.25}
     assert loaded.task_state.keys() == task.keys()
     assert all(torch.equal(loaded.task_state[k], task[k]) for k in task)
+    # Another instance may get other oneDNN kernels: the weights are the same, outputs agree to rounding.
     for ours, theirs in zip(stage_outputs(model), stage_outputs(fresh)):
-        assert torch.equal(ours, theirs)
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
     assert all(not p.requires_grad for p in fresh.parameters())  # loaded for inference by default
 
 
@@ -192,6 +194,7 @@ def test_wrong_tensor_shape_is_rejected_untouched(trained):
     tensors = load_file(str(weights_file))
     tensors["base_model.model.lin.lora_A.weight"] = torch.zeros(2, 16)
     save_file(tensors, str(weights_file))
+    record_set_checksums(path)  # a consistent record: the shape check, not the sha256 check, must refuse it
     target = copy.deepcopy(clean)
     before = snapshot(target)
     with pytest.raises(ValueError, match=r"lin\.lora_A\.weight has shape \(2, 16\)"):
@@ -264,9 +267,13 @@ def test_several_resident_sets_switch_and_delete(trained, tiny, train, tmp_path)
     info = set_adapter_set(model, "ratio-50")
     assert info.name == "ratio-50" and active_adapter_set(model) == "ratio-50"
     out_50 = stage_outputs(model)
-    assert all(torch.equal(o, clean_o) for o, clean_o in zip(out_50, [clean(X).detach()] * K))
+    # Outputs computed twice (another instance, or after switching sets) agree only to rounding.
+    clean_out = clean(X).detach()
+    for out in out_50:  # ratio-50 is untrained: dW = 0
+        torch.testing.assert_close(out, clean_out, rtol=1e-5, atol=1e-5)
     assert not torch.equal(out_25[0], out_50[0])
-    assert all(torch.equal(a, b) for a, b in zip(stage_outputs(model, "ratio-25"), out_25))
+    for again, before in zip(stage_outputs(model, "ratio-25"), out_25):
+        torch.testing.assert_close(again, before, rtol=1e-5, atol=1e-5)
 
     delete_adapter_set(model, "ratio-25")
     assert list_adapter_sets(model) == ["ratio-50"]

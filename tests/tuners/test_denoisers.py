@@ -44,7 +44,8 @@ def test_stage_lora_on_denoiser(family, tmp_path):
     for mode in MERGE_MODES:
         set_merge_mode(model, mode)
         with torch.no_grad(), stage(model, K - 1):
-            assert torch.equal(model(x), clean(x))
+            # dW = 0 at init, but the adapted copy may get other oneDNN kernels: equal up to rounding.
+            torch.testing.assert_close(model(x), clean(x), rtol=1e-5, atol=1e-5)
     set_merge_mode(model, "in_forward")
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -71,4 +72,5 @@ def test_stage_lora_on_denoiser(family, tmp_path):
             with stage(model, k):
                 ours = model(x)
             with stage(fresh, k):
-                assert torch.equal(fresh(x), ours)
+                # Another instance may get other oneDNN kernels: same weights, outputs equal to rounding.
+                torch.testing.assert_close(fresh(x), ours, rtol=1e-5, atol=1e-5)

@@ -59,7 +59,8 @@ def test_init_is_exactly_the_base_model(tiny, layout, mode):
     x = torch.randn(2, 3, 8, 8)
     for k in range(K):
         with stage(model, k):
-            assert torch.equal(model(x), clean(x))
+            # dW = 0 at init, but the adapted copy may get other oneDNN kernels: equal up to rounding.
+            torch.testing.assert_close(model(x), clean(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["paper", "peft"])

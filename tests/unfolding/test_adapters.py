@@ -81,8 +81,9 @@ def test_saved_set_reloads_onto_the_saved_backbone_with_identical_outputs(tmp_pa
     assert fresh.load_adapter(tmp_path / "adapters", "ratio-25") == "ratio-25"
     assert fresh.mode == "lorun" and fresh.list_adapter_sets() == ["ratio-25"]
     model.eval()
+    # Two instances may get different oneDNN kernels, so their outputs agree only to rounding.
     with torch.no_grad():
-        assert (fresh(measurement).images - model(measurement).images).abs().max() == 0
+        torch.testing.assert_close(fresh(measurement).images, model(measurement).images, rtol=1e-5, atol=1e-5)
     # Loaded sets are frozen unless asked otherwise; the set folder itself is accepted too.
     assert not any(p.requires_grad for p in fresh.parameters())
     other = LoRunModel.from_pretrained(tmp_path / "backbone")
@@ -103,12 +104,13 @@ def test_two_resident_sets_switch_adapters_and_task_parameters_together(tmp_path
     assert y50.shape[1] == 32 and y25.shape[1] == 16
     with torch.no_grad():
         out50 = model(y50).images
+        # Outputs computed twice (after switching, or by another instance) agree only to rounding.
         model.set_adapter_set("ratio-25")
         assert model.physics.Phi.shape == (16, 64)
-        assert (model(y25).images - out25).abs().max() == 0
+        torch.testing.assert_close(model(y25).images, out25, rtol=1e-5, atol=1e-5)
         model.set_adapter_set("ratio-50")
         assert model.physics.Phi.shape == (32, 64)
-        assert (model(y50).images - out50).abs().max() == 0
+        torch.testing.assert_close(model(y50).images, out50, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="expected \\(B, 32, h, w\\)"):
         model.restore(y25)
 
@@ -120,9 +122,9 @@ def test_two_resident_sets_switch_adapters_and_task_parameters_together(tmp_path
     fresh.load_adapter(tmp_path / "sets", "ratio-25")
     assert fresh.list_adapter_sets() == ["ratio-50", "ratio-25"] and fresh.active_adapter_set == "ratio-25"
     model.eval()
-    assert (fresh.restore(y25) - out25).abs().max() == 0
+    torch.testing.assert_close(fresh.restore(y25), out25, rtol=1e-5, atol=1e-5)
     fresh.set_adapter_set("ratio-50")
-    assert (fresh.restore(y50) - out50).abs().max() == 0
+    torch.testing.assert_close(fresh.restore(y50), out50, rtol=1e-5, atol=1e-5)
 
 
 def test_saved_backbone_of_a_lorun_model_is_the_clean_phase1_model(tmp_path):
@@ -138,15 +140,17 @@ def test_saved_backbone_of_a_lorun_model_is_the_clean_phase1_model(tmp_path):
     assert set(saved) == set(phase1)
     assert all(torch.equal(saved[k], phase1[k]) for k in phase1)
     assert json.loads((tmp_path / "config.json").read_text())["mode"] == "shared"
+    # The phase-1 output computed again (adapters disabled, a loaded instance, block copies) may use
+    # other oneDNN kernels, so it agrees only to rounding; the saved weights above are exact.
     with torch.no_grad(), model.disable_adapters():
         assert model.physics is model.task.physics
-        assert (model(measurement).images - phase1_out).abs().max() == 0
+        torch.testing.assert_close(model(measurement).images, phase1_out, rtol=1e-5, atol=1e-5)
     assert model.physics is model.adapter_tasks["ratio-25"].physics
     loaded = LoRunModel.from_pretrained(tmp_path)
     with torch.no_grad():
-        assert (loaded(measurement).images - phase1_out).abs().max() == 0
+        torch.testing.assert_close(loaded(measurement).images, phase1_out, rtol=1e-5, atol=1e-5)
         block = LoRunModel.block_from_shared(model)
-        assert (block(measurement).images - phase1_out).abs().max() == 0
+        torch.testing.assert_close(block(measurement).images, phase1_out, rtol=1e-5, atol=1e-5)
 
     # A stage adapter merged into the base weights: the backbone saved is still W0.
     merge(model.denoisers[0], 1)
@@ -218,6 +222,25 @@ def test_load_adapter_path_errors_are_clear(tmp_path):
         fresh.load_adapter(tmp_path, "ratio-10")
     with pytest.raises(ValueError, match="adapter set 'ratio-25' already exists"):
         model.add_stage_adapters("ratio-25", lora_config())
+
+
+def test_a_set_name_that_leaves_the_folder_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    """load_adapter(dir, "../other/set") must not read a set outside ``dir`` (then refuse on its name)."""
+    import lorun_peft.tuners.adapter_set as adapter_set_module
+
+    model, _, _ = lora_mode_model()
+    model.save_adapter_set(tmp_path / "other")
+    (tmp_path / "sets").mkdir()
+    fresh = make_model("cs", "pgd", "shared", noise_level_map=True)[0]
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a set file was read")
+
+    monkeypatch.setattr(adapter_set_module, "_read_set_info", no_reading)
+    for name in ("../other/ratio-25", "..", "a/b", "ratio-25/../../x"):
+        with pytest.raises(ValueError, match="invalid adapter set name"):
+            fresh.load_adapter(tmp_path / "sets", name)
+    assert fresh.list_adapter_sets() == []
 
 
 def test_adapter_set_argument_checks():

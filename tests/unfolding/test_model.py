@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 from unfolding_helpers import TASKS, make_denoiser, make_model, smooth_images
 
+from lorun_peft.integrity import add_backbone_checksums
 from lorun_peft.physics import BlockCS
 from lorun_peft.unfolding import LoRunConfig, LoRunModel, LoRunOutput
 
@@ -174,8 +175,14 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, task, algorithm, m
     assert not loaded.training, "transformers returns models in eval mode"
     assert loaded.mode == mode
     model.eval()
+    reloaded = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded[key], value), key  # weights round-trip exactly
+    # Two instances may get different oneDNN kernels, so their outputs agree only to rounding.
     with torch.no_grad():
-        assert (loaded(measurement).images - model(measurement).images).abs().max() == 0
+        torch.testing.assert_close(
+            loaded(measurement).images, model(measurement).images, rtol=1e-5, atol=1e-5
+        )
     auto = AutoModel.from_pretrained(tmp_path)
     assert isinstance(auto, LoRunModel) and isinstance(AutoConfig.from_pretrained(tmp_path), LoRunConfig)
 
@@ -198,6 +205,7 @@ def test_from_pretrained_raises_on_missing_or_unexpected_keys(tmp_path, change):
     else:
         state["task.steps.extra"] = torch.zeros(3)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    add_backbone_checksums(tmp_path)  # a consistent record: the key check, not the sha256 check, refuses it
     with pytest.raises(ValueError, match=f"{change} keys"):
         LoRunModel.from_pretrained(tmp_path)
 
@@ -207,7 +215,10 @@ def test_block_from_shared_starts_as_the_shared_model_with_independent_copies():
     block = LoRunModel.block_from_shared(shared)
     assert block.mode == "block" and len(block.denoisers) == 3
     with torch.no_grad():
-        assert (block(measurement).images - shared(measurement).images).abs().max() == 0
+        # Separate denoiser copies may get different oneDNN kernels: equal outputs up to rounding.
+        torch.testing.assert_close(
+            block(measurement).images, shared(measurement).images, rtol=1e-5, atol=1e-5
+        )
         block.denoisers[1].head.weight.add_(1.0)
     assert not torch.equal(block.denoisers[0].head.weight, block.denoisers[1].head.weight)
     assert torch.equal(block.denoisers[0].head.weight, shared.denoisers[0].head.weight)

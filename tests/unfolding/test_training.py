@@ -49,10 +49,18 @@ def test_phase1_shared_then_phase2_lorun_lower_the_loss_and_phase2_leaves_the_ba
     backbone = {k: v.clone() for k, v in model.backbone_state_dict().items()}
     model.add_stage_adapters("ratio-25", StageLoRAConfig(num_stages=3, gamma=25))
     before, phase2 = train(model, images, steps=40)
-    assert before == phase1, "adapters start at dW = 0 with a copy of the phase-1 task parameters"
+    # The loss computed again through the adapted layers may use other oneDNN kernels: equal to rounding.
+    torch.testing.assert_close(
+        before,
+        phase1,
+        rtol=1e-5,
+        atol=0,
+        msg=lambda m: f"adapters start at dW = 0 with a copy of the phase-1 task parameters: {m}",
+    )
     assert phase2 < 0.7 * before, (before, phase2)
     after = model.backbone_state_dict()
     assert all(torch.equal(after[k], backbone[k]) for k in backbone)
     assert not torch.equal(model.physics.Phi, model.task.physics.Phi), "the set's own Phi was trained"
     with torch.no_grad(), model.disable_adapters():
-        assert model(model.task.physics.measure(images), labels=images).loss.item() == phase1
+        loss = model(model.task.physics.measure(images), labels=images).loss.item()
+    torch.testing.assert_close(loss, phase1, rtol=1e-5, atol=0)  # computed again: equal to rounding
