@@ -90,6 +90,11 @@ def main() -> None:
         "rank": rank,
         "world_size": state.num_processes,
         "weights_sha256": weights_sha256(result.model),
+        "weights": {
+            name: param.detach().flatten().tolist()
+            for name, param in result.model.named_parameters()
+            if param.requires_grad
+        },
         "first_batch_sha256": hashlib.sha256(first.numpy().tobytes()).hexdigest(),
         "global_step": result.global_step,
         "resumed_from": None if result.resumed_from is None else result.resumed_from.name,

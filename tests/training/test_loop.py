@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from standin import TinyUnfolding, smooth_patches, weights_sha256
+from standin import TinyUnfolding, smooth_patches
 from torch import nn
 
 from lorun_peft.training import (
@@ -103,7 +103,7 @@ def _run_with_checkpoints(tmp_path: Path, name: str, **overrides):
     return train(_model(dropout=0.2), patches, config), patches, config
 
 
-def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path, capsys):
+def test_resume_matches_the_uninterrupted_run_and_checkpoints_rotate(tmp_path, capsys):
     full, patches, config = _run_with_checkpoints(tmp_path, "full", save_total_limit=2)
     names = [path.name for path in list_checkpoints(tmp_path / "full")]
     assert names == ["checkpoint-8", "checkpoint-12"]
@@ -132,8 +132,10 @@ def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path, capsys):
     assert resumed.resumed_from == checkpoint
     assert f"resuming from {checkpoint} (step 8 of 12)" in capsys.readouterr().out
     assert [r["step"] for r in resumed.log_history] == [9, 10, 11, 12]
+    # Two model instances may be given different oneDNN kernels: the same weights up to float rounding
+    # (one step more or fewer, or another batch, moves them by orders of magnitude more).
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
-        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     # The losses are forward outputs of two model instances, which may get different oneDNN kernels.
     torch.testing.assert_close(resumed.losses, full.losses[8:], rtol=1e-5, atol=1e-7)
 
@@ -141,7 +143,7 @@ def test_resume_is_bit_identical_and_checkpoints_rotate(tmp_path, capsys):
 def test_resume_latest_truncates_the_log_and_ignores_temp_dirs(tmp_path):
     full, patches, config = _run_with_checkpoints(tmp_path, "run", save_total_limit=None)
     run = tmp_path / "run"
-    reference = weights_sha256(full.model)
+    reference = {name: value.clone() for name, value in full.model.state_dict().items()}
     # Simulate a crash after step 10: checkpoint-12 gone, log records past it, a half-written temp dir.
     import shutil
 
@@ -153,7 +155,10 @@ def test_resume_latest_truncates_the_log_and_ignores_temp_dirs(tmp_path):
     config = UnfoldingTrainingConfig(**{**config.to_dict(), "resume_from_checkpoint": "latest"})
     resumed = train(_model(dropout=0.2), patches, config)
     assert resumed.resumed_from == run / "checkpoint-8"
-    assert weights_sha256(resumed.model) == reference
+    resumed_state = resumed.model.state_dict()
+    assert resumed_state.keys() == reference.keys()
+    for name, value in reference.items():  # up to float rounding, as above
+        torch.testing.assert_close(resumed_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
 
