@@ -689,6 +689,49 @@ def _denoiser_line(config: dict[str, Any]) -> str:
     return f"{config.get('model_type', '?')} ({details}{noise})"
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from lorun_peft import pretrained
+    from lorun_peft.hub import check_repo_id, export_repo
+
+    check_repo_id(args.repo_id)
+    metrics = _read_metrics(args.metrics) if args.metrics else {}
+    if args.backbone is not None:
+        model = pretrained.load_model(args.backbone, args.adapters)
+    elif args.adapters is not None:
+        backbone = pretrained.pretrained_dir(args.task or "cs", args.pretrained_dir) / pretrained.BACKBONE_DIR
+        model = pretrained.load_model(backbone, args.adapters)
+    else:
+        model = pretrained.load_pretrained(args.task or "cs", None, args.pretrained_dir)  # every set
+    folder = export_repo(
+        model,
+        args.output,
+        args.repo_id,
+        sets=args.set,
+        backbone=not args.no_backbone,
+        metrics=metrics.pop("backbone", None),
+        set_metrics=metrics,
+    )
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    print(f"exported {len(files)} files for {args.repo_id} to {folder}:")
+    for name in files:
+        print(f"  {name}")
+    print(f"upload with: hf upload {args.repo_id} {folder} .")
+    return 0
+
+
+def _read_metrics(path: str) -> dict[str, Any]:
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--metrics {path}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f'--metrics {path}: expected {{"backbone": {{dataset: {{metric: value}}}}, "<set>": ...}}, '
+            f"got a JSON {type(metrics).__name__}"
+        )
+    return metrics
+
+
 def run_info(args: argparse.Namespace) -> int:
     from lorun_peft.pretrained import read_manifest
     from lorun_peft.tuners import base_fingerprint
@@ -805,7 +848,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The ``lorun`` argument parser with its five subcommands."""
+    """The ``lorun`` argument parser with its six subcommands."""
     parser = _Parser(
         prog="lorun",
         description="LoRun deep LoRA-unfolding networks for image restoration (CS, SR, CASSI).",
@@ -938,6 +981,35 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--list", action="store_true", help="list the installed pretrained tasks and sets")
     _add_model_arguments(info)
     info.set_defaults(func=run_info)
+
+    export = sub.add_parser(
+        "export",
+        help="write the folder a Hub push would upload, offline (upload it later with `hf upload`)",
+        description="Write a backbone and its adapter sets (or only the sets) with the model card a push "
+        "would generate, into one folder that from_pretrained/load_adapter read back and `hf upload REPO_ID "
+        "FOLDER .` uploads as is. No network access.",
+        formatter_class=_Formatter,
+    )
+    export.add_argument("output", help="the folder to write (replaced whole if it exists)")
+    export.add_argument(
+        "--repo-id", required=True, metavar="ID", help="the Hub repo it is meant for (owner/name)"
+    )
+    export.add_argument(
+        "--set", action="append", default=None, metavar="NAME", help="export only this set (repeatable)"
+    )
+    export.add_argument(
+        "--no-backbone",
+        action="store_true",
+        help="adapter sets only (an adapters repo; base_model in the card)",
+    )
+    export.add_argument(
+        "--metrics",
+        default=None,
+        metavar="JSON",
+        help='scores for the card: {"backbone": {dataset: {metric: value}}, "<set>": {dataset: {...}}}',
+    )
+    _add_model_arguments(export)
+    export.set_defaults(func=run_export)
 
     train = sub.add_parser(
         "train",

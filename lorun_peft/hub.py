@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import httpx
 
+from lorun_peft.io import replace_folder
 from lorun_peft.tuners import validate_set_name
 
 if TYPE_CHECKING:
@@ -142,10 +144,7 @@ def check_push_access(repo_id: str, token: str | bool | None = None) -> None:
     """
     from huggingface_hub import get_token
 
-    if not isinstance(repo_id, str) or not (_HUB_ID.fullmatch(repo_id) or _REPO_NAME.fullmatch(repo_id)):
-        raise ValueError(
-            f"Hub repo id {repo_id!r} is not 'owner/name' or 'name' (letters, digits, '-', '_', '.')"
-        )
+    check_repo_id(repo_id)
     if is_offline():
         raise ValueError(
             "--push_to_hub needs Hub access, but HF_HUB_OFFLINE is set; unset it or drop --push_to_hub"
@@ -707,6 +706,82 @@ def push_adapter_set(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` if it is ``owner/name`` or ``name``, else raise ``ValueError`` in one line."""
+    if not isinstance(repo_id, str) or not (_HUB_ID.fullmatch(repo_id) or _REPO_NAME.fullmatch(repo_id)):
+        raise ValueError(
+            f"Hub repo id {repo_id!r} is not 'owner/name' or 'name' (letters, digits, '-', '_', '.')"
+        )
+    return repo_id
+
+
+def export_repo(
+    model: LoRunModel,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    sets: list[str] | None = None,
+    backbone: bool = True,
+    metrics: Metrics | None = None,
+    set_metrics: Mapping[str, Metrics] | None = None,
+    base_model: str | None = None,
+    max_shard_size: int | str | None = "50GB",
+    tags: list[str] | None = None,
+) -> Path:
+    """Write, without any network access, exactly the folder that pushing to ``repo_id`` would upload.
+
+    The backbone's files (``config.json``, ``model.safetensors``) at the top when ``backbone``, one
+    ``<set>/`` folder per adapter set (``sets``: default every resident set), and the ``README.md``
+    model card that :func:`push_backbone` followed by :func:`push_adapter_set` for each set would leave
+    in a new repo (``metrics``: the backbone's ``{dataset: {metric: value}}``, ``set_metrics``: per set).
+    ``LoRunModel.from_pretrained(folder)`` and ``load_adapter(folder, set)`` load it back; upload it
+    later with ``hf upload <repo_id> <folder> .``. The folder is built beside ``folder`` and moved into
+    place whole (an existing one is replaced). Returns ``folder``.
+    """
+    check_repo_id(repo_id)
+    names = list(model.list_adapter_sets()) if sets is None else list(sets)
+    for name in names:
+        if name not in model.list_adapter_sets():
+            raise ValueError(f"no adapter set {name!r}; adapter sets: {model.list_adapter_sets()}")
+    if not backbone and not names:
+        raise ValueError("nothing to export: backbone=False and no adapter sets")
+    unknown = sorted(set(set_metrics or {}) - set(names))
+    if unknown:
+        raise ValueError(f"set_metrics names sets that are not exported: {unknown}; exported: {names}")
+    results = evaluation_results(metrics, task=_task_tag(model.config.physics)) if backbone else []
+    for name in names:
+        task = _task_tag(model.adapter_tasks[name].physics.get_config())
+        results += evaluation_results((set_metrics or {}).get(name), set_name=name, task=task)
+    if base_model is None and is_hub_id(model.name_or_path) and model.name_or_path != repo_id:
+        base_model = model.name_or_path
+    target = Path(folder).expanduser()
+    if target.is_file():
+        raise ValueError(f"export folder {target} is a file; expected a folder path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+    try:
+        if backbone:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        summaries = {}
+        for name in names:
+            model.save_adapter_set(tmp, name)
+            summaries[name] = set_summary(json.loads((tmp / name / SET_FILE).read_text()))
+        card = build_model_card(
+            repo_id,
+            backbone=backbone_summary(model) if backbone else None,
+            adapter_sets=summaries,
+            base_model=None if backbone else base_model,
+            eval_results=results,
+            extra_tags=(list(model.model_tags or []) + list(tags or [])) if backbone else list(tags or []),
+        )
+        (tmp / README).write_text(str(card), encoding="utf-8")
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def push_backbone(

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from lorun_peft.hub import SHIPPED_ADAPTERS_DIR
 from lorun_peft.integrity import add_backbone_checksums
+from lorun_peft.io import replace_folder
 from lorun_peft.tuners import record_set_checksums
 
 if TYPE_CHECKING:
@@ -352,17 +353,9 @@ def save_pretrained_assets(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not target.exists():
-        os.replace(tmp, target)
-        return target
-    old = Path(tempfile.mkdtemp(prefix=f".{task}.old-", dir=base))
-    os.replace(target, old / task)
     try:
-        os.replace(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
-        os.replace(old / task, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
     return target

@@ -453,3 +453,28 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(
     assert err == [
         "lorun info: internal error: RuntimeError: an internal failure (rerun with --debug for the traceback)"
     ]
+
+
+def test_export_writes_a_loadable_hub_folder_offline(
+    tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorun_peft import LoRunModel
+    from lorun_peft.pretrained import list_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "export"
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"ratio-25": {"Set11": {"psnr": 31.5}}}')
+    assert main(["export", str(out), "--repo-id", "me/cs-model", "--metrics", str(metrics)]) == 0
+    printed = capsys.readouterr().out
+    assert f"upload with: hf upload me/cs-model {out} ." in printed
+    sets = list_pretrained(assets)["cs"]
+    assert {p.parent.name for p in out.glob("*/adapter_set.json")} == set(sets)
+    assert (out / "README.md").read_text().count("31.5") >= 1
+    model = LoRunModel.from_pretrained(out)
+    assert model.load_adapter(sets[0]) == sets[0]
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "bad"), "--repo-id", "a/b/c"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "is not 'owner/name'" in err[0]
+    assert not (tmp_path / "bad").exists()

@@ -399,3 +399,42 @@ def test_bad_metrics_and_sets_are_rejected(fake_hub):
     with pytest.raises(ValueError, match="no adapter set 'ratio-50'"):
         model.push_adapter_set("org/a", "ratio-50")
     assert not fake_hub.commits and not fake_hub.created
+
+
+# ---------------------------------------------------------------- export: a push prepared offline
+def test_export_writes_exactly_what_a_push_uploads_and_loads_back(tmp_path, fake_hub, monkeypatch):
+    original = make_model()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # exporting needs no network
+    folder = hub.export_repo(
+        original, tmp_path / "export", "org/cs-model", set_metrics={"ratio-25": {"Set11": {"psnr": 30.5}}}
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    original.push_to_hub("org/cs-model")
+    original.push_adapter_set("org/cs-model", "ratio-10")
+    original.push_adapter_set("org/cs-model", "ratio-25", metrics={"Set11": {"psnr": 30.5}})
+    uploaded = {path: data for path, data in fake_hub.repos["org/cs-model"].items() if path != ".gitattributes"}
+    exported = {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()
+    }
+    assert sorted(exported) == sorted(uploaded)  # the same file list ...
+    assert exported == uploaded  # ... with the same bytes, the model card included
+    model = LoRunModel.from_pretrained(folder)
+    assert model.load_adapter("ratio-25") == "ratio-25"
+    measurement, expected = outputs(original, "ratio-25")
+    assert_same_restore(model.restore(measurement), expected)
+
+
+def test_export_of_sets_only_and_its_errors(tmp_path, monkeypatch):
+    model = make_model()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = hub.export_repo(model, tmp_path / "sets", "org/cs-adapters", sets=["ratio-10"], backbone=False)
+    files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    assert "config.json" not in files and "README.md" in files
+    assert {name.split("/")[0] for name in files if "/" in name} == {"ratio-10"}
+    with pytest.raises(ValueError, match="is not 'owner/name'"):
+        hub.export_repo(model, tmp_path / "x", "org/bad/id")
+    with pytest.raises(ValueError, match="no adapter set 'ratio-50'"):
+        hub.export_repo(model, tmp_path / "x", "org/ok", sets=["ratio-50"])
+    with pytest.raises(ValueError, match="set_metrics names sets that are not exported"):
+        hub.export_repo(model, tmp_path / "x", "org/ok", sets=["ratio-10"], set_metrics={"ratio-25": {}})
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.export-*"))

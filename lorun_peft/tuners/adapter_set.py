@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lorun_peft.integrity import SET_CHECKSUM_KEY, record_checksums, verify_checksums
+from lorun_peft.io import replace_folder
 
 from .config import StageLoRAConfig
 from .layers import StageLoRALayer, factor_shapes
@@ -404,28 +405,12 @@ def save_adapter_set(
         save_file(task, str(tmp / TASK_FILE), {"format": "pt"})
         info[SET_CHECKSUM_KEY] = record_checksums(tmp, _weight_files(record.num_stages))
         (tmp / SET_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _swap_into_place(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     record.task_state, record.metadata = tensors, meta
     return target
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """``os.replace`` the finished temp folder onto ``target``; an old folder is moved aside, then removed."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old / target.name, target)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def record_set_checksums(path: str | os.PathLike) -> dict[str, str]:
