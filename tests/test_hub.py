@@ -412,7 +412,8 @@ def test_export_writes_exactly_what_a_push_uploads_and_loads_back(tmp_path, fake
     original.push_to_hub("org/cs-model")
     original.push_adapter_set("org/cs-model", "ratio-10")
     original.push_adapter_set("org/cs-model", "ratio-25", metrics={"Set11": {"psnr": 30.5}})
-    uploaded = {path: data for path, data in fake_hub.repos["org/cs-model"].items() if path != ".gitattributes"}
+    repo = fake_hub.repos["org/cs-model"]
+    uploaded = {path: data for path, data in repo.items() if path != ".gitattributes"}
     exported = {
         path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()
     }
