@@ -32,6 +32,7 @@ from lorun_peft.data.images import RandomPatchDataset, load_image_folder
 from lorun_peft.data.kernel_draws import RandomKernels
 from lorun_peft.data.mask_crops import RandomMaskCrops
 from lorun_peft.data.samples import load_sample_image
+from lorun_peft.io import write_atomic
 
 TASKS = ("cs", "sr", "cassi")
 DENOISERS = ("unet", "transformer", "resunet", "ssr", "cppnet")
@@ -746,6 +747,14 @@ def run_training(
 
         check_push_access(model_args.hub_model_id or Path(training.output_dir).resolve().name)
     data, model_args, training = apply_smoke(task, data, model_args, training)
+    run_target = {
+        "task": task,
+        "mode": model_args.mode,
+        "adapter_set": (model_args.adapter_set_name or default_set_name(task, task_args))
+        if model_args.mode == "lorun"
+        else None,
+    }
+    claim_output_dir(training.output_dir, run_target)
     torch.manual_seed(training.seed)
     physics, physics_text = build_physics(
         task, task_args, data.patch_size, model_args.smoke, training.seed, data.data_dir
@@ -835,10 +844,45 @@ def run_training(
             else:
                 model.push_adapter_set(repo_id, set_name)
         summary.wall_time_s = time.perf_counter() - start
-        tmp = output_dir / "run_summary.json.tmp"
-        tmp.write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
-        os.replace(tmp, output_dir / "run_summary.json")
+        write_atomic(output_dir / "run_summary.json", json.dumps(asdict(summary), indent=2))
     return summary
+
+
+#: Written at the start of a run into its output folder: which task, mode and adapter set it trains.
+RUN_TARGET_FILE = "run_target.json"
+
+
+def claim_output_dir(output_dir: str | os.PathLike, target: dict[str, Any]) -> None:
+    """Refuse an output folder that holds another run's state; else record ``target`` in it.
+
+    ``log.jsonl``, ``run_summary.json`` and the checkpoints belong to one run: a second adapter set
+    trained into the same folder would append to the first one's log and resume its checkpoint.
+    """
+    folder = Path(output_dir)
+    previous = None
+    if (folder / RUN_TARGET_FILE).is_file():
+        previous = json.loads((folder / RUN_TARGET_FILE).read_text(encoding="utf-8"))
+    elif (folder / "run_summary.json").is_file():  # a folder written before run_target.json existed
+        summary = json.loads((folder / "run_summary.json").read_text(encoding="utf-8"))
+        previous = {
+            "task": summary.get("task"),
+            "mode": summary.get("mode"),
+            "adapter_set": summary.get("adapter_set_name"),
+        }
+    if previous is not None and previous != target:
+
+        def what(run: dict[str, Any]) -> str:
+            set_text = f" of adapter set {run['adapter_set']!r}" if run.get("adapter_set") else ""
+            return f"a {run.get('task')} --mode {run.get('mode')} run{set_text}"
+
+        name = target.get("adapter_set") or target["mode"]
+        hint = f"{folder}/{name}" if target.get("adapter_set") else f"{folder}-{name}"
+        raise ValueError(
+            f"--output_dir {folder} holds {what(previous)} (its log, checkpoints and summary); this is "
+            f"{what(target)}: use one output folder per run, e.g. --output_dir {hint}"
+        )
+    if _is_main_process():
+        write_atomic(folder / RUN_TARGET_FILE, json.dumps(target, indent=2, sort_keys=True) + "\n")
 
 
 def _warm_start_model(model_args: ModelArguments, task: str, physics: Any) -> Any:

@@ -275,10 +275,17 @@ def _describe(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def load_model_state(directory: str | os.PathLike[str], model: nn.Module) -> None:
-    """Copy a checkpoint's trainable parameters and buffers into ``model``, all or nothing.
+def _set_names(names: set[str]) -> list[str]:
+    """Adapter set names in parameter names (``...lora_A.<set>/stage_03.weight`` -> ``<set>``)."""
+    parts = (part for name in names for part in name.split("."))
+    return sorted({part.split("/stage_")[0] for part in parts if "/stage_" in part})
 
-    Raises ``ValueError`` when names, shapes or dtypes differ from what the model would save now.
+
+def read_model_state(directory: str | os.PathLike[str], model: nn.Module) -> dict[str, Tensor]:
+    """A checkpoint's trainable parameters and buffers, checked against ``model``; nothing is changed.
+
+    Raises ``ValueError`` when names, shapes or dtypes differ from what the model would save now; when
+    the names differ because the checkpoint trained other adapter sets, the message names them.
     """
     directory = Path(directory)
     loaded = load_file(str(directory / MODEL_FILE))
@@ -286,6 +293,14 @@ def load_model_state(directory: str | os.PathLike[str], model: nn.Module) -> Non
     expected = set(trainable_state_dict_names(model))
     missing, unexpected = expected - set(loaded), set(loaded) - expected
     if missing or unexpected:
+        theirs, ours = _set_names(set(loaded)), _set_names(expected)
+        if theirs != ours:
+            theirs_text = ", ".join(theirs) or "none (phase 1)"
+            ours_text = ", ".join(ours) or "none (phase 1)"
+            raise ValueError(
+                f"checkpoint {directory} trained adapter set(s) {theirs_text}, this run trains {ours_text}: "
+                "it is another run's checkpoint; give each set its own output_dir"
+            )
         raise ValueError(
             f"checkpoint {directory} does not match the model's trainable parameters/buffers: "
             f"missing {_describe(missing) or 'none'}; unexpected {_describe(unexpected) or 'none'}. "
@@ -298,6 +313,13 @@ def load_model_state(directory: str | os.PathLike[str], model: nn.Module) -> Non
                 f"checkpoint {directory}: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
                 f"the model expects {tuple(target.shape)} {target.dtype}"
             )
+    return loaded
+
+
+def load_model_state(directory: str | os.PathLike[str], model: nn.Module) -> None:
+    """Copy a checkpoint's trainable parameters and buffers into ``model``, all or nothing."""
+    loaded = read_model_state(directory, model)
+    current = model.state_dict()
     with torch.no_grad():
         for name, tensor in loaded.items():
             current[name].copy_(tensor)

@@ -44,6 +44,7 @@ from .checkpoint import (
     load_optimizer_state,
     load_rng_state,
     publish_checkpoint,
+    read_model_state,
     read_trainer_state,
     rotate_checkpoints,
     save_rng_state,
@@ -335,6 +336,7 @@ def train(
     start_step = 0
     if resumed_from is not None:
         state = read_trainer_state(resumed_from)
+        read_model_state(resumed_from, unwrapped)  # another set's checkpoint is named as such first
         if state["frozen_fingerprint"] != fingerprint:
             raise ValueError(
                 f"checkpoint {resumed_from} was trained on different frozen parameters (backbone fingerprint "

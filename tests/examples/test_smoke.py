@@ -353,3 +353,42 @@ def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch
     )
     assert "needs a Hugging Face token" in _error(capsys)
     assert not out.exists()
+
+
+def test_two_sets_in_one_output_folder_are_refused_before_training(tmp_path, capsys):
+    """A second set would append to the first log.jsonl and resume its checkpoint: one folder per run."""
+    train = _script("train_cs")
+    backbone = tmp_path / "phase1"
+    assert train(["--smoke", "--output_dir", str(backbone)]) == 0
+    sets = tmp_path / "sets"
+    argv = ["--smoke", "--mode", "lorun", "--backbone", str(backbone), "--output_dir", str(sets)]
+    assert train([*argv, "--ratio", "0.25"]) == 0
+    assert json.loads((sets / "run_target.json").read_text())["adapter_set"] == "ratio-25"
+    log_before = (sets / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert train([*argv, "--ratio", "0.5"]) == 2
+    message = _error(capsys)
+    assert "holds a cs --mode lorun run of adapter set 'ratio-25'" in message
+    assert f"--output_dir {sets}/ratio-50" in message
+    assert (sets / "log.jsonl").read_text() == log_before and not (sets / "ratio-50").exists()
+    assert train([*argv, "--ratio", "0.25", "--max_steps", "3"]) == 0  # the same set again: allowed
+    assert train([*argv[:-1], str(sets / "ratio-50"), "--ratio", "0.5"]) == 0
+    capsys.readouterr()
+    assert train(["--smoke", "--mode", "shared", "--output_dir", str(sets)]) == 2  # phase 1 there: refused
+    assert "this is a cs --mode shared run" in _error(capsys)
+
+
+def test_resuming_another_sets_checkpoint_names_the_sets(tmp_path, capsys):
+    """The library's resume check says whose checkpoint it is, not 'backbone fingerprint mismatch'."""
+    from lorun_peft.training.checkpoint import list_checkpoints
+
+    train = _script("train_cs")
+    backbone = tmp_path / "phase1"
+    assert train(["--smoke", "--output_dir", str(backbone)]) == 0
+    argv = ["--smoke", "--mode", "lorun", "--backbone", str(backbone), "--checkpoint_every", "2"]
+    assert train([*argv, "--ratio", "0.25", "--output_dir", str(tmp_path / "r25")]) == 0
+    checkpoint = list_checkpoints(tmp_path / "r25")[-1]
+    resume = ["--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "r50")]
+    capsys.readouterr()
+    assert train([*argv, "--ratio", "0.5", *resume]) == 2
+    assert "trained adapter set(s) ratio-25, this run trains ratio-50" in _error(capsys)

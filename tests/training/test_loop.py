@@ -177,8 +177,20 @@ def test_resume_errors_are_clear(tmp_path):
         train(_model(), patches, _config(tmp_path, resume_from_checkpoint=str(tmp_path / "nope")))
     other = _model(dropout=0.2)
     other.add_stage_adapters()
-    with pytest.raises(ValueError, match="different frozen parameters"):
+    with pytest.raises(ValueError, match="does not match the model's trainable parameters"):
         train(other, patches, _config(tmp_path, max_steps=12, resume_from_checkpoint=checkpoint))
+    # The same trainable parameters on other frozen weights (another backbone): the fingerprint says so.
+    phase2 = _model(dropout=0.2)
+    phase2.add_stage_adapters()
+    train(
+        phase2, patches, _config(tmp_path, output_dir=str(tmp_path / "p2"), max_steps=4, checkpoint_every=4)
+    )
+    torch.manual_seed(1)
+    another_backbone = TinyUnfolding(dropout=0.2)
+    another_backbone.add_stage_adapters()
+    p2_checkpoint = str(tmp_path / "p2" / "checkpoint-4")
+    with pytest.raises(ValueError, match="different frozen parameters"):
+        train(another_backbone, patches, _config(tmp_path, max_steps=4, resume_from_checkpoint=p2_checkpoint))
     wider = _model(width=4, dropout=0.2)
     with pytest.raises(ValueError, match=r"nets\.0\.0\.\w+ is \(8,.*the model expects \(4,"):
         train(wider, patches, _config(tmp_path, max_steps=12, resume_from_checkpoint=checkpoint))
