@@ -625,6 +625,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the folder is read through `datasets`; keep the output a table
+    progress = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
     try:
         report = evaluate_folder(
             model,
@@ -636,9 +637,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             stagewise=args.stagewise,
             save_dir=output_dir / "images" if args.save_images else None,
             mask=mask,
-            progress=_print_progress,
+            progress=progress,
         )
     finally:
+        progress.close()
         if bars:
             datasets.enable_progress_bars()
     report.metadata.update({"model": where, "adapter_set": model.active_adapter_set})
@@ -654,9 +656,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_progress(done: int, total: int, item: Any) -> None:
-    """One line per scored item on stderr, so a long evaluation shows it is moving."""
-    print(f"[{done}/{total}] {item.name}: {item.psnr:.2f} dB", file=sys.stderr, flush=True)
+class _ProgressBar:
+    """A tqdm bar on stderr, advanced per scored item with its PSNR; nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int, item: Any) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="evaluate", unit="item", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"{item.name}: {item.psnr:.2f} dB", refresh=False)
+        self.bar.update(1)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------------------------------------- info
@@ -961,6 +983,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", type=int, default=None, metavar="N", help="only the first N items")
     evaluate.add_argument("--noise-sigma", type=float, default=0.0, metavar="S", help="measurement noise std")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
+    evaluate.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (it is shown on stderr only when that is a terminal)",
+    )
     evaluate.add_argument(
         "--mask",
         default=None,

@@ -7,6 +7,7 @@ script in a subprocess to check the entry point and the one-line error on a real
 from __future__ import annotations
 
 import csv
+import io
 import re
 import shutil
 import subprocess
@@ -255,7 +256,7 @@ def test_evaluate_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     captured = capsys.readouterr()
     out = captured.out
     assert "adapter set ratio-10" in out and "CS (ISTA-Net)" in out
-    assert re.search(r"^\[1/2\] camera: [\d.]+ dB$", captured.err, re.M) and "[2/2] coffee:" in captured.err
+    assert captured.err == ""  # stderr is no terminal here: no progress bar
     with open(out_dir / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == ["camera", "coffee", "average"]
@@ -478,3 +479,27 @@ def test_export_writes_a_loadable_hub_folder_offline(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "is not 'owner/name'" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_evaluate_shows_a_progress_bar_on_a_terminal_unless_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool
+) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    _sample_png(folder / "camera.png", "camera", (32, 40))
+    _sample_png(folder / "coffee.png", "coffee", (24, 24))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["evaluate", str(folder), "--output-dir", str(tmp_path / "eval"), "--no-images"]
+    assert main([*argv, "--quiet"] if quiet else argv) == 0
+    text = terminal.getvalue()
+    if quiet:
+        assert text == ""
+    else:
+        assert "evaluate: 100%" in text and "2/2" in text and "coffee:" in text
