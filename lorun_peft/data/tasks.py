@@ -563,6 +563,27 @@ def _data_path(data: DataArguments, relative: str) -> Path | None:
     return path if path.exists() else None
 
 
+def _data_files(path: Path) -> set[Path]:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    return {p.resolve() for p in files}
+
+
+def report_split(task: str, data: DataArguments, train_text: str) -> None:
+    """Print which data trains and which evaluates; warn when a file is in both (optimistic scores)."""
+    print(f"train_{task}: training on {train_text}; evaluating on {data.eval_data or 'nothing'}", flush=True)
+    train_path = Path(data.train_data) if data.train_data else _data_path(data, DEFAULT_TRAIN_DATA[task])
+    if not data.eval_data or train_path is None:
+        return
+    shared = sorted(p.name for p in _data_files(train_path) & _data_files(Path(data.eval_data)))
+    if shared:
+        print(
+            f"WARNING: {len(shared)} evaluation file(s) are also training data ({', '.join(shared[:5])}): "
+            "the scores will be optimistic; pass --train_data without them",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cube_wavelengths(bands: int) -> tuple[float, ...]:
     """Band centres used for pseudo-colour and resampling: KAIST's 28, CAVE's 31, else 450-650 nm evenly."""
     if bands == 28:
@@ -760,6 +781,8 @@ def run_training(
         task, task_args, data.patch_size, model_args.smoke, training.seed, data.data_dir
     )
     source, data_text = build_train_source(task, task_args, data, model_args.smoke, training.seed)
+    if _is_main_process():
+        report_split(task, data, data_text)
     set_name = None
     if model_args.mode == "lorun":
         model = LoRunModel.from_pretrained(model_args.backbone).train()

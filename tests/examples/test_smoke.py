@@ -392,3 +392,21 @@ def test_resuming_another_sets_checkpoint_names_the_sets(tmp_path, capsys):
     capsys.readouterr()
     assert train([*argv, "--ratio", "0.5", *resume]) == 2
     assert "trained adapter set(s) ratio-25, this run trains ratio-50" in _error(capsys)
+
+
+def test_the_split_is_printed_and_a_test_scene_in_training_is_flagged(tmp_path, capsys):
+    cubes = tmp_path / "cubes"
+    cubes.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("scene_a", "scene_b"):
+        np.savez(cubes / f"{name}.npz", cube=rng.random((64, 64, 28)).astype(np.float32))
+    train = _script("train_cassi")
+    base = ["--smoke", "--max_steps", "1", "--patch_size", "32"]
+    held_out = [*base, "--train_data", str(cubes / "scene_a.npz"), "--eval_data", str(cubes / "scene_b.npz")]
+    assert train([*held_out, "--output_dir", str(tmp_path / "ok")]) == 0
+    captured = capsys.readouterr()
+    assert f"training on cubes {cubes / 'scene_a.npz'}" in captured.out
+    assert f"evaluating on {cubes / 'scene_b.npz'}" in captured.out and "WARNING" not in captured.err
+    leaky = [*base, "--train_data", str(cubes), "--eval_data", str(cubes / "scene_b.npz")]
+    assert train([*leaky, "--output_dir", str(tmp_path / "leak")]) == 0
+    assert "1 evaluation file(s) are also training data (scene_b.npz)" in capsys.readouterr().err
