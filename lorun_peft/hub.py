@@ -708,6 +708,39 @@ def push_adapter_set(
         )
 
 
+def write_model_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    backbone: Mapping[str, Any] | None = None,
+    base_model: str | None = None,
+    eval_results: list[EvalResult] | None = None,
+    extra_tags: list[str] | None = None,
+) -> Path:
+    """Write the ``README.md`` a new repo ``repo_id`` holding ``folder``'s files would get; returns its path.
+
+    ``backbone``: :func:`backbone_summary` when the folder holds a backbone; the adapter sets are the
+    folder's ``<set>/adapter_set.json``; ``base_model``: the backbone repo of an adapters-only folder.
+    The same card the pushes generate, so a folder uploaded as is (``hf upload``) matches a pushed repo.
+    """
+    folder = Path(folder)
+    sets = {
+        name: set_summary(json.loads((folder / name / SET_FILE).read_text(encoding="utf-8")))
+        for name in _sets_in_folder(folder)
+    }
+    card = build_model_card(
+        repo_id,
+        backbone=backbone,
+        adapter_sets=sets,
+        base_model=None if backbone else base_model,
+        eval_results=eval_results,
+        extra_tags=extra_tags,
+    )
+    path = folder / README
+    path.write_text(str(card), encoding="utf-8")
+    return path
+
+
 def check_repo_id(repo_id: str) -> str:
     """Return ``repo_id`` if it is ``owner/name`` or ``name``, else raise ``ValueError`` in one line."""
     if not isinstance(repo_id, str) or not (_HUB_ID.fullmatch(repo_id) or _REPO_NAME.fullmatch(repo_id)):
@@ -764,19 +797,16 @@ def export_repo(
     try:
         if backbone:
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        summaries = {}
         for name in names:
             model.save_adapter_set(tmp, name)
-            summaries[name] = set_summary(json.loads((tmp / name / SET_FILE).read_text()))
-        card = build_model_card(
+        write_model_card(
+            tmp,
             repo_id,
             backbone=backbone_summary(model) if backbone else None,
-            adapter_sets=summaries,
-            base_model=None if backbone else base_model,
+            base_model=base_model,
             eval_results=results,
             extra_tags=(list(model.model_tags or []) + list(tags or [])) if backbone else list(tags or []),
         )
-        (tmp / README).write_text(str(card), encoding="utf-8")
         replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

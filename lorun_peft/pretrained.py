@@ -49,6 +49,7 @@ __all__ = [
     "pretrained_root",
     "read_manifest",
     "record_asset_checksums",
+    "write_asset_cards",
     "resolve_sr_set",
     "save_pretrained_assets",
 ]
@@ -278,6 +279,29 @@ def cast_safetensors_file(path: str | os.PathLike, dtype: torch.dtype) -> None:
     os.replace(tmp, path)
 
 
+def write_asset_cards(task_dir: str | os.PathLike, task: str | None = None) -> None:
+    """Write the model cards of a ``<task>/`` asset folder: ``backbone/README.md`` and ``adapters/README.md``.
+
+    They are the cards of the Hub repos ``lorun-peft/<task>-backbone`` and ``lorun-peft/<task>-adapters``
+    (:data:`~lorun_peft.hub.SHIPPED_HUB_OWNER`), which hold exactly these folders (``hf upload <repo>
+    <folder> .``), so the package's copy and the Hub's carry the same files and the same card.
+    """
+    from lorun_peft.hub import SHIPPED_HUB_OWNER, backbone_summary, write_model_card
+    from lorun_peft.unfolding import LoRunModel
+
+    task_dir = Path(task_dir)
+    task = _check_task(task or task_dir.name)
+    backbone_repo = f"{SHIPPED_HUB_OWNER}/{task}-backbone"
+    model = LoRunModel.from_pretrained(task_dir / BACKBONE_DIR)
+    write_model_card(
+        task_dir / BACKBONE_DIR, backbone_repo, backbone=backbone_summary(model), extra_tags=model.model_tags
+    )
+    if (task_dir / ADAPTERS_DIR).is_dir():
+        write_model_card(
+            task_dir / ADAPTERS_DIR, f"{SHIPPED_HUB_OWNER}/{task}-adapters", base_model=backbone_repo
+        )
+
+
 def record_asset_checksums(task_dir: str | os.PathLike) -> None:
     """Record the sha256 of every weight file of a ``<task>/`` asset folder in its backbone's and sets' JSON.
 
@@ -346,6 +370,7 @@ def save_pretrained_assets(
             ):
                 cast_safetensors_file(path, storage_dtype)
             record_asset_checksums(tmp)
+        write_asset_cards(tmp, task)
         if manifest is not None:
             (tmp / MANIFEST).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -347,3 +347,25 @@ def test_shipped_hub_ids_resolve_to_the_package_copy_offline(monkeypatch: pytest
         660,
         660,
     )
+
+
+@pytest.mark.parametrize("task", ["cs", "sr", "cassi"])
+def test_shipped_folders_carry_the_cards_a_push_would_write(tmp_path: Path, task: str) -> None:
+    """lorun-peft/<task>-backbone and -adapters hold exactly these folders: same files, same model card."""
+    from lorun_peft import hub
+    from lorun_peft.pretrained import list_pretrained, load_pretrained, pretrained_dir
+
+    shipped = pretrained_dir(task)
+    model = load_pretrained(task)  # the backbone with its default set
+    for name in list_pretrained()[task]:
+        if name not in model.list_adapter_sets():
+            model.load_adapter(shipped / "adapters" / name)
+    backbone = hub.export_repo(model, tmp_path / "backbone", f"lorun-peft/{task}-backbone", sets=[])
+    adapters = hub.export_repo(
+        model, tmp_path / "adapters", f"lorun-peft/{task}-adapters", backbone=False,
+        base_model=f"lorun-peft/{task}-backbone",
+    )  # fmt: skip
+    for exported, folder in ((backbone, shipped / "backbone"), (adapters, shipped / "adapters")):
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+        assert (folder / "README.md").read_text() == (exported / "README.md").read_text(), folder
