@@ -20,6 +20,14 @@ from .kernels import (
     synthetic_kernels_12,
 )
 from .sr import KERNEL_SUM_TOLERANCE, BlurDownsample, check_kernel, kernel_to_otf
+from .tools import adjointness_test, operator_norm, pgd_step_size
+from .wrapped import (
+    OPERATOR_FACTORIES,
+    WrappedOperator,
+    as_operator,
+    conjugate_gradient,
+    register_operator_factory,
+)
 
 __all__ = [
     "CASSI",
@@ -32,6 +40,14 @@ __all__ = [
     "BlurDownsample",
     "Denoising",
     "LinearOperator",
+    "OPERATOR_FACTORIES",
+    "WrappedOperator",
+    "adjointness_test",
+    "as_operator",
+    "conjugate_gradient",
+    "operator_norm",
+    "pgd_step_size",
+    "register_operator_factory",
     "as_batch_scalar",
     "check_kernel",
     "gaussian_kernel",

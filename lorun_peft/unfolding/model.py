@@ -48,7 +48,7 @@ from lorun_peft.integrity import (
     backbone_weight_files,
     verify_checksums,
 )
-from lorun_peft.physics import LinearOperator, physics_from_config
+from lorun_peft.physics import LinearOperator, as_operator, pgd_step_size, physics_from_config
 from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 from lorun_peft.tuners import (
     ParameterReport,
@@ -256,17 +256,28 @@ class LoRunModel(PreTrainedModel):
         num_stages: int,
         algorithm: str = "pgd",
         mode: str = "shared",
-        step_init: float = 0.5,
+        step_init: float | str = 0.5,
+        image_shape: tuple[int, ...] | None = None,
     ) -> LoRunModel:
         """Build a model around a physics operator and a denoiser, copying their weights.
 
-        In ``block`` mode every stage starts as a copy of ``denoiser``. The model lands on the device and
-        dtype of ``denoiser``.
+        ``physics``: a :class:`LinearOperator`, or any object with ``A`` and ``A_adjoint`` (wrapped by
+        :func:`~lorun_peft.physics.as_operator`; give it ``factory=``/``args=`` so the model can be saved).
+        ``step_init="auto"`` (PGD) starts every ``rho_k`` at ``1 / ||A||^2`` for images of ``image_shape``
+        (power iteration), the largest step that cannot diverge. In ``block`` mode every stage starts as a
+        copy of ``denoiser``. The model lands on the device and dtype of ``denoiser``.
         """
         if not isinstance(denoiser, DenoiserPreTrainedModel):
             raise TypeError(f"denoiser must be a lorun_peft denoiser, got {type(denoiser).__name__}")
-        if not isinstance(physics, LinearOperator):
-            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        physics = as_operator(physics)
+        if step_init == "auto":
+            if algorithm != "pgd":
+                raise ValueError(
+                    "step_init='auto' sets PGD's rho to 1/||A||^2; HQS's mu has no such bound: pass a number"
+                )
+            if image_shape is None:
+                raise ValueError("step_init='auto' needs image_shape=(1, C, H, W) for the power iteration")
+            step_init = pgd_step_size(physics, image_shape)
         config = LoRunConfig(
             physics=physics.get_config(),
             denoiser={k: v for k, v in denoiser.config.to_diff_dict().items() if k != "transformers_version"},
@@ -662,8 +673,9 @@ class LoRunModel(PreTrainedModel):
                 f"StageLoRAConfig has num_stages={config.num_stages}, this model has "
                 f"K={self.config.num_stages}"
             )
-        if physics is not None and not isinstance(physics, LinearOperator):
-            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        if physics is not None:
+            physics = as_operator(physics)
+            physics.get_config()  # a set's physics is saved with it: refuse what cannot be rebuilt now
         task = TaskParameters(
             copy.deepcopy(self.task.physics) if physics is None else physics, copy.deepcopy(self.task.steps)
         )

@@ -230,5 +230,5 @@ def test_from_components_rejects_wrong_types():
     physics = BlockCS(0.25, block_size=8)
     with pytest.raises(TypeError, match="denoiser"):
         LoRunModel.from_components(physics, torch.nn.Conv2d(1, 1, 3), num_stages=2)
-    with pytest.raises(TypeError, match="physics"):
+    with pytest.raises(TypeError, match="as_operator needs an object with callable A"):
         LoRunModel.from_components(torch.nn.Identity(), make_denoiser(1), num_stages=2)
