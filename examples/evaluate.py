@@ -5,7 +5,7 @@ kernel and scale; HR cropped to a multiple of the scale, PSNR/SSIM on Y with a `
 cubes (per-band MST protocol, resampled to 28 bands). Writes ``metrics.csv``, ``metrics.json``, restored
 images and, with ``--stagewise``, ``stagewise.csv`` + ``stagewise.png``; prints the per-image table.
 
-    python examples/evaluate.py --backbone runs/cs/backbone --adapter_set runs/cs/sets \
+    python examples/evaluate.py --backbone runs/cs/backbone --adapter_set runs/cs/sets/r25 \
         --adapter_set_name ratio-25 --output_dir runs/cs/eval --stagewise
     python examples/evaluate.py --backbone runs/sr/block --test_data ../shared/data/Set5
     python examples/evaluate.py --backbone runs/cassi/backbone \

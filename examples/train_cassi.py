@@ -9,7 +9,8 @@ Any band count works with ``--bands N`` when the cubes have N bands.
 
     python examples/train_cassi.py --mode shared --train_data ../shared/data/CASSI/cubes/stuffed_toys.npz \
         --patch_size 128 --output_dir runs/cassi/backbone
-    python examples/train_cassi.py --mode lorun --backbone runs/cassi/backbone --output_dir runs/cassi/sets
+    python examples/train_cassi.py --mode lorun --backbone runs/cassi/backbone \
+        --output_dir runs/cassi/sets/m28
     python examples/train_cassi.py --smoke --output_dir /tmp/cassi-smoke
 
 See docs/tasks_cassi.md.

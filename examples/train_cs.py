@@ -8,7 +8,7 @@ ISTA-Net's. Defaults follow the paper: K = 9, PGD, gamma = 10, Adam, l2 loss, rh
 
     python examples/train_cs.py --mode shared --ratio 0.25 --output_dir runs/cs/backbone
     python examples/train_cs.py --mode lorun --backbone runs/cs/backbone --ratio 0.10 \
-        --output_dir runs/cs/sets
+        --output_dir runs/cs/sets/r10      # -> runs/cs/sets/r10/ratio-10
     accelerate launch --multi_gpu --num_processes 2 examples/train_cs.py --mode shared ...
     python examples/train_cs.py --smoke --output_dir /tmp/cs-smoke      # seconds, no data needed
 

@@ -9,7 +9,7 @@ measurement noise ``--noise_sigma``. Without kernels_12.mat, synthetic stand-ins
 
     python examples/train_sr.py --mode shared --kernel K1 --scale 2 --output_dir runs/sr/backbone
     python examples/train_sr.py --mode lorun --backbone runs/sr/backbone --kernel K5 --scale 4 \
-        --output_dir runs/sr/sets
+        --output_dir runs/sr/sets/x4k5
     python examples/train_sr.py --smoke --output_dir /tmp/sr-smoke
 
 See docs/tasks_sr.md.

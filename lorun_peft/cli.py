@@ -804,22 +804,22 @@ _TRAIN_RECIPES = {
         "CS: block compressive sensing, gray, learned Phi, Train400; sets ratio-XX",
         ["--mode shared --ratio 0.25 --output_dir runs/cs/backbone"],
         [
-            f"--mode lorun --backbone runs/cs/backbone --ratio {r} --output_dir runs/cs/adapters"
-            for r in ("0.25", "0.10", "0.50")
+            f"--mode lorun --backbone runs/cs/backbone --ratio 0.{r} --output_dir runs/cs/sets/r{r}"
+            for r in ("25", "10", "50")
         ],
     ),
     "sr": (
         "SR: blur + downsampling with kernel K1..K12 of kernels_12.mat, RGB, BSDS500; sets x{s}-k{i}",
         ["--mode shared --kernel K1 --scale 2 --output_dir runs/sr/backbone"],
         [
-            f"--mode lorun --backbone runs/sr/backbone --kernel K1 --scale {s} --output_dir runs/sr/adapters"
+            f"--mode lorun --backbone runs/sr/backbone --kernel K1 --scale {s} --output_dir runs/sr/sets/x{s}"
             for s in (2, 4)
         ],
     ),
     "cassi": (
         "CASSI: SD-CASSI, 28 bands, HQS, CAVE cubes resampled to KAIST's bands; sets mask-28",
         ["--mode shared --denoiser ssr --output_dir runs/cassi/backbone"],
-        ["--mode lorun --backbone runs/cassi/backbone --denoiser ssr --output_dir runs/cassi/adapters"],
+        ["--mode lorun --backbone runs/cassi/backbone --denoiser ssr --output_dir runs/cassi/sets/m28"],
     ),
 }
 
@@ -859,12 +859,10 @@ def run_train(args: argparse.Namespace) -> int:
     print()
     print("Notes: `python examples/train_<task>.py ...` runs one process without accelerate; add")
     print("`--multi_gpu --num_processes N` after `accelerate launch` for N GPUs; `--smoke` is a seconds-long")
-    print("check without data; `python examples/train_<task>.py --help` lists every option. Then:")
-    print("  lorun info --backbone runs/cs/backbone --adapters runs/cs/adapters")
-    print(
-        "  lorun evaluate ../shared/data/Set11 --backbone runs/cs/backbone --adapters runs/cs/adapters "
-        "--ratio 0.10"
-    )
+    print("check without data; `python examples/train_<task>.py --help` lists every option. Each run needs")
+    print("its own --output_dir (a set is saved into <output_dir>/<set name>). Then:")
+    print("  lorun info --backbone runs/cs/backbone --adapters runs/cs/sets/r10")
+    print("  lorun evaluate ../shared/data/Set11 --backbone runs/cs/backbone --adapters runs/cs/sets/r10")
     return 0
 
 
