@@ -68,7 +68,7 @@ TIMEOUT_S = None if FULL else float(os.environ.get("LORUN_DOCS_TIMEOUT", "180"))
 
 #: Blocks that continue earlier blocks of their page: those run first, in the same namespace and folder.
 RUNS_AFTER: dict[str, tuple[str, ...]] = {
-    "README.md:3": ("README.md:2",),  # pushes the `model` that block 2 loaded
+    "README.md:3": ("README.md:1",),  # pushes the `model` that block 1 loaded
     "docs/quickstart.md:4": ("docs/quickstart.md:3",),  # the same two blocks as in the README
     "docs/hub.md:2": ("docs/hub.md:1",),  # adds a set to block 1's `model` and publishes it
     "docs/stage_lora.md:2": ("docs/stage_lora.md:1",),  # loads the folders block 1 saved
@@ -77,7 +77,7 @@ RUNS_AFTER: dict[str, tuple[str, ...]] = {
 #: Fast variants of the long blocks: text substitutions applied before the block runs. The real run time
 #: of each is in a note beside the block in its page (see test_long_blocks_note_their_run_time).
 FAST: dict[str, dict[str, str]] = {
-    "README.md:1": {"max_steps=1000": "max_steps=2", "max_steps=500": "max_steps=2"},
+    "README.md:2": {"max_steps=1000": "max_steps=2", "max_steps=500": "max_steps=2"},
     "docs/quickstart.md:2": {"max_steps=1000": "max_steps=2", "max_steps=500": "max_steps=2"},
     "docs/training.md:1": {"max_steps=1000": "max_steps=2", "max_steps=500": "max_steps=2"},
 }
