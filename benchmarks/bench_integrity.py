@@ -5,7 +5,8 @@ For each shipped task, loads the backbone and every adapter set (``LoRunModel.fr
 see the same machine state, and reports the median of each and their ratio (target: the check costs
 < 5 % of the load time). Also times the hashing alone (``file_sha256`` of every weight file).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_integrity.py --repeats 7 --out benchmarks/results/integrity_load.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_integrity.py --repeats 7 \
+        --out benchmarks/results/integrity_load.json
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _load_seconds(folder: Path, sets: list[str], verify: bool) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="loads per setting and task (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=7, help="loads per setting and task (after a warm-up)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     results = {}
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
             "hashing_share_of_load": round(hashing / unchecked, 4),
         }
         print(
-            f"{task:6s} {len(sets)} sets {results[task]['megabytes']:6.2f} MB  load verified {checked:.3f} s  "
-            f"unverified {unchecked:.3f} s  ratio {checked / unchecked:.3f}  hashing alone {hashing:.4f} s "
+            f"{task:6s} {len(sets)} sets {results[task]['megabytes']:6.2f} MB  "
+            f"load verified {checked:.3f} s  unverified {unchecked:.3f} s  ratio {checked / unchecked:.3f}  "
+            f"hashing alone {hashing:.4f} s "
             f"({100 * hashing / unchecked:.1f} % of the load)"
         )
     if args.out:

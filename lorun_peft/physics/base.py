@@ -22,33 +22,50 @@ Scalar = float | Tensor
 
 
 def as_batch_scalar(value: Scalar, reference: Tensor) -> Tensor | float:
-    """Broadcast a step size (float, 0-d or (B,) tensor) against a (B, ...) tensor."""
-    if isinstance(value, Tensor) and value.ndim == 1:
-        return value.view(-1, *([1] * (reference.ndim - 1)))
-    return value
+    """Broadcast a step size (number, 0-d or (B,) tensor) against a (B, ...) tensor.
 
-
-def check_step_size(name: str, value: Scalar, allow_zero: bool = False) -> None:
-    """``ValueError`` for a Python/NumPy step size that is NaN, infinite or not positive.
-
-    Tensors (learned step sizes, positive by their parametrisation) are not inspected: that would
-    synchronise the device at every stage.
+    A Python/NumPy number becomes a ``float``: a NumPy array (even 0-d) times a tensor is not a tensor.
     """
     if isinstance(value, Tensor):
+        return value.view(-1, *([1] * (reference.ndim - 1))) if value.ndim == 1 else value
+    return float(value)
+
+
+def check_step_size(name: str, value: Scalar, allow_zero: bool = False, like: Any = None) -> None:
+    """``ValueError`` for a Python/NumPy step size that is NaN, infinite or not positive.
+
+    Tensors (learned step sizes, positive by their parametrisation) are not inspected for their values:
+    that would synchronise the device at every stage. Their dtype and shape are (no synchronisation):
+    a real 0-d tensor, or a 1-d one with one value per batch item of ``like`` (the iterate) or a single
+    value; anything else would broadcast the batch into a wrong shape or fail inside the step's math.
+    """
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number or a real tensor, got a {value.dtype} tensor")
+        batch = like.shape[0] if isinstance(like, Tensor) and like.ndim >= 1 else None
+        length = value.shape[0] if value.ndim == 1 else 1
+        if value.ndim > 1 or length == 0 or (batch is not None and length not in (1, batch)):
+            lengths = ">= 1" if batch is None else " or ".join(map(str, sorted({1, batch})))
+            raise ValueError(
+                f"{name} tensor has shape {tuple(value.shape)}; expected a 0-d tensor or a 1-d tensor of "
+                f"length {lengths} (one value per batch item)"
+            )
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    if getattr(getattr(value, "dtype", None), "kind", "f") in ("b", "c"):  # NumPy bool or complex
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     number = float(value)
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {number}")
 
 
-def check_image_tensor(x: Any, what: str = "image") -> None:
-    """``TypeError``/``ValueError`` unless ``x`` is a floating ``(B, C, H, W)`` tensor with no empty axis.
+def check_float_tensor(x: Any, what: str = "image") -> None:
+    """``TypeError`` unless ``x`` is a real floating-point ``torch.Tensor`` (the type half of the checks).
 
-    The one input check every operator's ``A`` runs before its own shape rules: an integer tensor would
-    be sampled with integer weights and an empty one fails deep inside a convolution or fold.
+    Operators run it before their own shape rules, so that a list or an integer/bool/complex tensor is
+    named as such rather than failing on a missing ``.shape`` or deep inside a convolution or FFT.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -56,17 +73,38 @@ def check_image_tensor(x: Any, what: str = "image") -> None:
         raise TypeError(
             f"{what} must be a floating-point tensor (e.g. x.float() / 255 for 8-bit data), got {x.dtype}"
         )
-    if x.ndim != 4 or 0 in x.shape:
-        raise ValueError(f"{what} has shape {tuple(x.shape)}; expected (B, C, H, W) with every axis >= 1")
+
+
+def check_image_tensor(x: Any, what: str = "image", layout: str = "(B, C, H, W)") -> None:
+    """``TypeError``/``ValueError`` unless ``x`` is a floating tensor of ``layout`` with no empty axis.
+
+    The one input check every operator runs on images (``A``) and measurements (``A_adjoint``,
+    ``init``, the data steps) after its own shape rules: an integer tensor would be sampled with
+    integer weights and an empty one fails deep inside a convolution, fold or FFT. ``layout`` names
+    the axes (its comma count + 1 is the expected number of dimensions).
+    """
+    check_float_tensor(x, what)
+    ndim = layout.count(",") + 1
+    if x.ndim != ndim or 0 in x.shape:
+        raise ValueError(f"{what} has shape {tuple(x.shape)}; expected {layout} with every axis >= 1")
 
 
 def as_float_tensor(value: Any, name: str = "tensor") -> Tensor:
     """A detached copy of ``value`` as a tensor; floating dtypes are kept, others become the default dtype.
 
-    ``ValueError`` (naming ``name``) when it is empty or holds a NaN or infinite value: an operator
-    built from one would return NaN for every input.
+    ``TypeError`` for what is not a real numeric array (complex, strings, objects); ``ValueError``
+    (naming ``name``) when it is empty or holds a NaN or infinite value: an operator built from one
+    would return NaN for every input.
     """
-    tensor = torch.as_tensor(value).detach()
+    try:
+        tensor = torch.as_tensor(value).detach()
+    except (TypeError, ValueError, RuntimeError) as exc:  # str, object, ragged lists
+        raise TypeError(
+            f"{name} must be a real numeric array (tensor, NumPy array or nested lists of numbers), "
+            f"got {type(value).__name__}"
+        ) from exc
+    if tensor.is_complex():
+        raise TypeError(f"{name} has complex dtype {tensor.dtype}; expected real numbers")
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
     if tensor.numel() == 0:
@@ -104,7 +142,12 @@ class LinearOperator(nn.Module):
         raise NotImplementedError
 
     def residual(self, x: Tensor, y: Tensor) -> Tensor:
-        """``A x - y``, with a ``ValueError`` (not silent broadcasting) when the shapes disagree."""
+        """``A x - y``, with a ``ValueError`` (not silent broadcasting) when the shapes disagree.
+
+        ``y`` passes :meth:`check_measurement` first: an integer or complex ``y`` of the right shape would
+        otherwise be promoted silently into the data step.
+        """
+        self.check_measurement(y)
         ax = self.A(x)
         if ax.shape != y.shape:
             raise ValueError(
@@ -115,7 +158,7 @@ class LinearOperator(nn.Module):
 
     def gradient_step(self, x: Tensor, y: Tensor, rho: Scalar) -> Tensor:
         """PGD data step (eq. 5): ``x - rho * A^T (A x - y)``."""
-        check_step_size("rho", rho)
+        check_step_size("rho", rho, like=x)
         return x - as_batch_scalar(rho, x) * self.A_adjoint(self.residual(x, y))
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
@@ -132,7 +175,8 @@ class LinearOperator(nn.Module):
         """Simulate ``y = A x + n`` with white Gaussian noise of standard deviation ``noise_sigma``.
 
         ``x`` must be a floating-point tensor (an integer image would be measured with a ``Phi`` cast to
-        integers, i.e. zeros); ``noise_sigma`` a finite number >= 0.
+        integers, i.e. zeros); ``noise_sigma`` a Python or NumPy number, finite and >= 0 (for a noise
+        level per batch item, add the noise to ``measure(x)`` yourself).
         """
         if not isinstance(x, Tensor) or not x.is_floating_point():
             kind = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
@@ -140,7 +184,13 @@ class LinearOperator(nn.Module):
                 "measure() needs a floating-point image tensor (e.g. x.float() / 255 for 8-bit images), "
                 f"got {kind}"
             )
+        if isinstance(noise_sigma, Tensor):
+            raise TypeError(
+                "noise_sigma must be a Python or NumPy number, got a tensor of shape "
+                f"{tuple(noise_sigma.shape)}; for a noise level per batch item, add the noise to measure(x)"
+            )
         check_step_size("noise_sigma", noise_sigma, allow_zero=True)
+        noise_sigma = float(noise_sigma)  # a NumPy array (even 0-d) times a tensor is not a tensor
         y = self.A(x)
         if noise_sigma > 0:
             noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)

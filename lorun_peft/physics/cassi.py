@@ -22,6 +22,7 @@ from .base import (
     Scalar,
     as_batch_scalar,
     as_float_tensor,
+    check_float_tensor,
     check_image_tensor,
     check_step_size,
     register_physics,
@@ -78,10 +79,12 @@ class CASSI(LinearOperator):
 
     def bands(self, y: Tensor) -> int:
         """Band count ``C`` that the width of a measurement ``(B, H, W + step*(C-1))`` implies."""
+        self.check_measurement(y)
         return self._bands_of(tuple(y.shape))
 
     def A(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, H, W + step*(C-1))``."""
+        check_float_tensor(x, "cube")
         self._check_image(tuple(x.shape))
         check_image_tensor(x, "cube")
         batch, bands, height, width = x.shape
@@ -124,7 +127,8 @@ class CASSI(LinearOperator):
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
         """``x = z + A^T((y - A z) / (Phi_s + mu))``: exact because ``Phi Phi^T = diag(Phi_s)``."""
-        check_step_size("mu", mu)
+        check_step_size("mu", mu, like=z)
+        check_float_tensor(z, "cube")
         self._check_image(tuple(z.shape))
         bands = z.shape[1]
         if self.bands(y) != bands:
@@ -148,7 +152,9 @@ class CASSI(LinearOperator):
         return (image_shape[0], image_shape[2], self.measurement_width(image_shape[1]))
 
     def check_measurement(self, y: Tensor) -> None:
+        check_float_tensor(y, "measurement")
         self._bands_of(tuple(y.shape))
+        check_image_tensor(y, "measurement", "(B, H, W + step*(C-1))")
 
     def get_config(self) -> dict[str, Any]:
         return {"type": self.physics_type, "mask_shape": list(self.mask.shape), "step": self.step}

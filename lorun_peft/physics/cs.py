@@ -28,6 +28,7 @@ from .base import (
     LinearOperator,
     Scalar,
     as_float_tensor,
+    check_float_tensor,
     check_image_tensor,
     check_step_size,
     register_physics,
@@ -160,6 +161,7 @@ class BlockCS(LinearOperator):
         return self.Phi.to(dtype=like.dtype).view(self.num_rows, 1, b, b)
 
     def _check_image(self, x: Tensor) -> None:
+        check_float_tensor(x, "image")
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"image has shape {tuple(x.shape)}, expected (B, {self.channels}, H, W) "
@@ -217,7 +219,7 @@ class BlockCS(LinearOperator):
         shared by all blocks (one per batch item when ``mu`` is a ``(B,)`` tensor), and the residual
         form avoids dividing by ``mu``.
         """
-        check_step_size("mu", mu)
+        check_step_size("mu", mu, like=z)
         self._check_grid(z)
         residual = -self.residual(z, y)
         batch, _, h, w = residual.shape
@@ -259,6 +261,7 @@ class BlockCS(LinearOperator):
         return (batch, channels * self.num_rows, -(-height // b), -(-width // b))
 
     def check_measurement(self, y: Tensor) -> None:
+        check_float_tensor(y, "measurement")
         expected = self.channels * self.num_rows
         if y.ndim != 4 or y.shape[1] != expected:
             raise ValueError(
@@ -266,6 +269,7 @@ class BlockCS(LinearOperator):
                 f"({self.channels} channel(s) x {self.num_rows} rows of Phi per "
                 f"{self.block_size}x{self.block_size} block)"
             )
+        check_image_tensor(y, "measurement", f"(B, {expected}, h, w)")
 
     def get_config(self) -> dict[str, Any]:
         return {

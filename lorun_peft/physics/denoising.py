@@ -10,7 +10,14 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import LinearOperator, Scalar, as_batch_scalar, check_step_size, register_physics
+from .base import (
+    LinearOperator,
+    Scalar,
+    as_batch_scalar,
+    check_image_tensor,
+    check_step_size,
+    register_physics,
+)
 
 
 @register_physics
@@ -20,8 +27,7 @@ class Denoising(LinearOperator):
     physics_type = "denoising"
 
     def _check(self, t: Tensor, what: str) -> None:
-        if t.ndim != 4:
-            raise ValueError(f"{what} has shape {tuple(t.shape)}, expected (B, C, H, W)")
+        check_image_tensor(t, what)
 
     def A(self, x: Tensor) -> Tensor:
         self._check(x, "image")
@@ -33,8 +39,9 @@ class Denoising(LinearOperator):
 
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
         """``(y + mu z) / (1 + mu)``."""
-        check_step_size("mu", mu)
+        check_step_size("mu", mu, like=z)
         self._check(z, "iterate")
+        self.check_measurement(y)
         if z.shape != y.shape:
             raise ValueError(
                 f"measurement has shape {tuple(y.shape)}, expected the iterate's {tuple(z.shape)}"

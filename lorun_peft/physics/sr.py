@@ -21,6 +21,7 @@ from .base import (
     Scalar,
     as_batch_scalar,
     as_float_tensor,
+    check_float_tensor,
     check_image_tensor,
     check_step_size,
     register_physics,
@@ -96,6 +97,20 @@ class BlurDownsample(LinearOperator):
         """``scale`` image pixels per low-resolution pixel; the blur reaches only its kernel's radius."""
         return self.scale
 
+    @staticmethod
+    def _check_dtype(t: Tensor, what: str) -> None:
+        """``TypeError`` unless ``t`` is a float32 or float64 tensor.
+
+        The FFTs have no float16/bfloat16 kernels on CPU (CUDA's half-precision FFTs take power-of-two
+        sizes only), so a raw ``RuntimeError`` from inside ``rfft2`` is replaced by this clear one.
+        """
+        check_float_tensor(t, what)
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{what} is {t.dtype}; BlurDownsample computes FFTs, expected float32 or float64 "
+                "(convert with .float())"
+            )
+
     def _check_image(self, shape: tuple[int, ...]) -> None:
         s = self.scale
         kh, kw = self.kernel.shape
@@ -116,6 +131,7 @@ class BlurDownsample(LinearOperator):
 
     def A(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``."""
+        self._check_dtype(x, "image")
         self._check_image(tuple(x.shape))
         check_image_tensor(x)
         size = tuple(x.shape[-2:])
@@ -125,6 +141,7 @@ class BlurDownsample(LinearOperator):
     def A_adjoint(self, y: Tensor) -> Tensor:
         """``(B, C, h, w)`` -> ``(B, C, h*s, w*s)``: zero-upsample, then circular correlation with ``k``."""
         self.check_measurement(y)
+        self._check_dtype(y, "measurement")
         up = _zero_upsample(y, self.scale)
         size = tuple(up.shape[-2:])
         self._check_image(tuple(up.shape))
@@ -136,7 +153,7 @@ class BlurDownsample(LinearOperator):
         ``A A^T`` has the symbol ``mean over the s x s aliases of |FFT(k)|^2`` (USRNet's ``invW``), so
         this equals USRNet's data module ``(H^T S^T S H + mu I)^-1 (H^T S^T y + mu z)`` exactly.
         """
-        check_step_size("mu", mu)
+        check_step_size("mu", mu, like=z)
         residual = -self.residual(z, y)
         s = self.scale
         height, width = z.shape[-2:]
@@ -166,10 +183,11 @@ class BlurDownsample(LinearOperator):
         return (batch, channels, height // self.scale, width // self.scale)
 
     def check_measurement(self, y: Tensor) -> None:
+        check_float_tensor(y, "measurement")
+        layout = f"(B, C, H/{self.scale}, W/{self.scale})"
         if y.ndim != 4:
-            raise ValueError(
-                f"measurement has shape {tuple(y.shape)}, expected (B, C, H/{self.scale}, W/{self.scale})"
-            )
+            raise ValueError(f"measurement has shape {tuple(y.shape)}, expected {layout}")
+        check_image_tensor(y, "measurement", layout)
 
     def get_config(self) -> dict[str, Any]:
         return {"type": self.physics_type, "scale": self.scale, "kernel_size": list(self.kernel.shape)}
