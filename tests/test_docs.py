@@ -103,7 +103,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "docs/data.md:1": ("../shared/data/Train400", "../shared/data/Set11"),
     "docs/data.md:2": ("../shared/data/CASSI/cubes",),
     "docs/evaluation.md:1": ("runs/cs/backbone", "runs/cs/sets/r25", "../shared/data/Set11"),
-    "docs/physics.md:1": ("../shared/data/CASSI/simulation/mask.mat",),
+    "docs/physics.md:2": ("../shared/data/CASSI/simulation/mask.mat",),
     "docs/pretrained.md:4": ("runs/cs/backbone", "runs/cs/sets/r10", "runs/cs/sets/r25", "runs/cs/sets/r50"),
     "docs/training.md:1": ("../shared/data/Set11",),
 }
