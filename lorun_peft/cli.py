@@ -432,10 +432,10 @@ def _read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError as error:
+        except (ValueError, EOFError, OSError) as error:
             raise ValueError(f"cannot read {path} as a numeric .npy array: {error}") from error
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"{path} holds {array.dtype}, expected a numeric array")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"{path} holds {array.dtype}, expected a real numeric array")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), {}
     if suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
@@ -535,6 +535,11 @@ def run_restore(args: argparse.Namespace) -> int:
                     ..., : image.shape[-2] - image.shape[-2] % s, : image.shape[-1] - image.shape[-1] % s
                 ]
             clean = image.unsqueeze(0)
+            if image_size is not None:
+                raise ValueError(
+                    "--image-size crops the estimate of a saved measurement; this input is a clean image, "
+                    "restored at its own size (drop --image-size, or crop the image first)"
+                )
             generator = torch.Generator(device=clean.device).manual_seed(args.seed)
             with torch.no_grad():
                 y = physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)[0]
@@ -713,9 +718,13 @@ def _denoiser_line(config: dict[str, Any]) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     from lorun_peft import pretrained
-    from lorun_peft.hub import check_repo_id, export_repo
+    from lorun_peft.hub import check_replaceable, check_repo_id, export_repo
 
     check_repo_id(args.repo_id)
+    sources = [
+        Path(p).expanduser() for p in (args.backbone, args.adapters) if p and Path(p).expanduser().exists()
+    ]
+    check_replaceable(Path(args.output).expanduser(), args.overwrite, keep=[Path.cwd(), *sources])
     metrics = _read_metrics(args.metrics) if args.metrics else {}
     if args.backbone is not None:
         model = pretrained.load_model(args.backbone, args.adapters)
@@ -732,6 +741,7 @@ def run_export(args: argparse.Namespace) -> int:
         backbone=not args.no_backbone,
         metrics=metrics.pop("backbone", None),
         set_metrics=metrics,
+        overwrite=args.overwrite,
     )
     files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     print(f"exported {len(files)} files for {args.repo_id} to {folder}:")
@@ -1015,7 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FOLDER .` uploads as is. No network access.",
         formatter_class=_Formatter,
     )
-    export.add_argument("output", help="the folder to write (replaced whole if it exists)")
+    export.add_argument("output", help="the folder to write (a new or empty one; see --overwrite)")
     export.add_argument(
         "--repo-id", required=True, metavar="ID", help="the Hub repo it is meant for (owner/name)"
     )
@@ -1026,6 +1036,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-backbone",
         action="store_true",
         help="adapter sets only (an adapters repo; base_model in the card)",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT whole when it already holds files"
     )
     export.add_argument(
         "--metrics",

@@ -741,6 +741,26 @@ def write_model_card(
     return path
 
 
+def check_replaceable(target: Path, overwrite: bool, keep: list[Path]) -> None:
+    """Refuse to replace ``target`` when it holds files (unless ``overwrite``) or any of ``keep``."""
+    if not target.exists():
+        return
+    resolved = target.resolve()
+    for path in keep:
+        path = path.resolve()
+        if path == resolved or resolved in path.parents:
+            raise ValueError(
+                f"export folder {target} holds {path}, which replacing it would delete; choose another folder"
+            )
+    files = [p for p in target.rglob("*") if p.is_file()]
+    if files and not overwrite:
+        raise ValueError(
+            f"export folder {target} is not empty ({len(files)} file(s), e.g. "
+            f"{files[0].relative_to(target)}); choose a new folder, or pass overwrite=True "
+            "(lorun export --overwrite) to replace it whole"
+        )
+
+
 def check_repo_id(repo_id: str) -> str:
     """Return ``repo_id`` if it is ``owner/name`` or ``name``, else raise ``ValueError`` in one line."""
     if not isinstance(repo_id, str) or not (_HUB_ID.fullmatch(repo_id) or _REPO_NAME.fullmatch(repo_id)):
@@ -762,6 +782,7 @@ def export_repo(
     base_model: str | None = None,
     max_shard_size: int | str | None = "50GB",
     tags: list[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write, without any network access, exactly the folder that pushing to ``repo_id`` would upload.
 
@@ -771,7 +792,9 @@ def export_repo(
     in a new repo (``metrics``: the backbone's ``{dataset: {metric: value}}``, ``set_metrics``: per set).
     ``LoRunModel.from_pretrained(folder)`` and ``load_adapter(folder, set)`` load it back; upload it
     later with ``hf upload <repo_id> <folder> .``. The folder is built beside ``folder`` and moved into
-    place whole (an existing one is replaced). Returns ``folder``.
+    place whole. A non-empty ``folder`` is refused unless ``overwrite`` (it is then replaced whole), and
+    never replaced when it holds the current working folder or the folder the model was loaded from.
+    Returns ``folder``.
     """
     check_repo_id(repo_id)
     names = list(model.list_adapter_sets()) if sets is None else list(sets)
@@ -792,6 +815,8 @@ def export_repo(
     target = Path(folder).expanduser()
     if target.is_file():
         raise ValueError(f"export folder {target} is a file; expected a folder path")
+    source = Path(str(model.name_or_path)).expanduser() if model.name_or_path else None
+    check_replaceable(target, overwrite, keep=[Path.cwd(), *([source] if source and source.exists() else [])])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
     try:

@@ -503,3 +503,25 @@ def test_evaluate_shows_a_progress_bar_on_a_terminal_unless_quiet(
         assert text == ""
     else:
         assert "evaluate: 100%" in text and "2/2" in text and "coffee:" in text
+
+
+def test_unreadable_or_complex_measurements_and_a_misplaced_image_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    complex_y = tmp_path / "complex.npy"
+    np.save(complex_y, np.ones((256, 2, 2), np.complex64))
+    png = _sample_png(tmp_path / "img.png", "camera", (32, 32))
+    cases = [
+        (["restore", str(empty)], "cannot read"),
+        (["restore", str(complex_y)], "expected a real numeric array"),
+        (
+            ["restore", str(png), "--image-size", "1x1"],
+            "--image-size crops the estimate of a saved measurement",
+        ),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--output", str(tmp_path / "out.png")]) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)

@@ -439,3 +439,27 @@ def test_export_of_sets_only_and_its_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="set_metrics names sets that are not exported"):
         hub.export_repo(model, tmp_path / "x", "org/ok", sets=["ratio-10"], set_metrics={"ratio-25": {}})
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.export-*"))
+
+
+def test_export_never_deletes_what_it_did_not_write(tmp_path, monkeypatch):
+    model = make_model()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"is not empty \(1 file\(s\), e.g. notes.txt\)"):
+        hub.export_repo(model, folder, "org/x")
+    assert (folder / "notes.txt").read_text() == "keep me"
+    model.save_pretrained(folder / "bb")
+    loaded = LoRunModel.from_pretrained(folder / "bb")
+    with pytest.raises(ValueError, match="which replacing it would delete"):
+        hub.export_repo(loaded, folder, "org/x", sets=[], overwrite=True)  # the model's own source
+    monkeypatch.chdir(folder)
+    with pytest.raises(ValueError, match="which replacing it would delete"):
+        hub.export_repo(model, ".", "org/x", overwrite=True)  # the working folder
+    monkeypatch.chdir(tmp_path)
+    hub.export_repo(model, tmp_path / "out", "org/x")
+    hub.export_repo(model, tmp_path / "out", "org/x", sets=["ratio-10"], overwrite=True)  # a re-export
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "ratio-10",
+    ]  # fmt: skip

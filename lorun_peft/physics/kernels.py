@@ -66,8 +66,12 @@ def _grid(size: int) -> tuple[Tensor, Tensor]:
 def gaussian_kernel(size: int = 25, sigma: float | tuple[float, float] = 1.6, angle: float = 0.0) -> Tensor:
     """A normalised ``(size, size)`` Gaussian; ``sigma=(s1, s2)`` with ``angle`` (radians): anisotropic."""
     s1, s2 = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
-    if size < 1 or s1 <= 0 or s2 <= 0:
-        raise ValueError(f"expected size >= 1 and positive sigmas, got size={size}, sigma={sigma}")
+    finite = all(math.isfinite(float(v)) for v in (s1, s2, angle))
+    if size < 1 or not finite or s1 <= 0 or s2 <= 0:
+        raise ValueError(
+            f"expected size >= 1, finite positive sigmas and a finite angle, got size={size}, sigma={sigma}, "
+            f"angle={angle}"
+        )
     rows, cols = _grid(size)
     u = math.cos(angle) * cols + math.sin(angle) * rows
     v = -math.sin(angle) * cols + math.cos(angle) * rows
@@ -77,8 +81,11 @@ def gaussian_kernel(size: int = 25, sigma: float | tuple[float, float] = 1.6, an
 
 def motion_kernel(size: int = 25, length: float = 9.0, angle: float = 0.0) -> Tensor:
     """A normalised straight-line motion blur of ``length`` pixels through the centre (bilinear splat)."""
-    if size < 1 or length < 0 or length >= size:
-        raise ValueError(f"expected size >= 1 and 0 <= length < size, got size={size}, length={length}")
+    if size < 1 or not math.isfinite(angle) or not 0 <= length < size:  # a NaN length fails 0 <= length
+        raise ValueError(
+            f"expected size >= 1, 0 <= length < size and a finite angle, got size={size}, length={length}, "
+            f"angle={angle}"
+        )
     t = torch.linspace(-length / 2, length / 2, max(2, int(4 * length) + 1), dtype=torch.float64)
     rows = size // 2 + t * math.sin(angle)
     cols = size // 2 + t * math.cos(angle)

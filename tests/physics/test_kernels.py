@@ -80,3 +80,19 @@ def test_kernel_cell_loaders_on_written_files(tmp_path):
     savemat(path, {"other": np.ones((5, 5))})
     with pytest.raises(ValueError, match="has no variable 'kernels'"):
         load_kernel_cell(path)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gaussian_kernel(5, float("nan")),
+        lambda: gaussian_kernel(5, float("inf")),
+        lambda: gaussian_kernel(5, (1.0, float("nan"))),
+        lambda: gaussian_kernel(5, (1.0, 2.0), angle=float("nan")),
+        lambda: motion_kernel(9, float("nan")),
+        lambda: motion_kernel(9, 3.0, angle=float("inf")),
+    ],
+)
+def test_kernel_generators_refuse_non_finite_parameters(make) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        make()

@@ -232,3 +232,9 @@ def test_from_components_rejects_wrong_types():
         LoRunModel.from_components(physics, torch.nn.Conv2d(1, 1, 3), num_stages=2)
     with pytest.raises(TypeError, match="as_operator needs an object with callable A"):
         LoRunModel.from_components(torch.nn.Identity(), make_denoiser(1), num_stages=2)
+
+
+@pytest.mark.parametrize("num_stages", [2.5, True, "3"])
+def test_num_stages_must_be_an_int(num_stages):
+    with pytest.raises((ValueError, TypeError), match="num_stages"):
+        LoRunModel.from_components(BlockCS(0.25, block_size=8), make_denoiser(1), num_stages=num_stages)
