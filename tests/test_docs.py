@@ -462,62 +462,14 @@ class _NetworkGuard:
         socket.getaddrinfo = getaddrinfo
 
 
-class _FakeHub:
-    """In-memory Hub repos ``{repo_id: {path: bytes}}`` behind the HfApi methods a push calls."""
+def _fake_hub(downloads: Path):
+    """tests/fake_hub.py's in-memory Hub, loaded by path (the worker keeps tests/ off sys.path)."""
+    import importlib.util
 
-    def __init__(self, downloads: Path) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.downloads = downloads
-
-    @contextlib.contextmanager
-    def installed(self):
-        from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
-        from huggingface_hub.hf_api import RepoUrl
-
-        def create_repo(api, repo_id, **kwargs):
-            self.repos.setdefault(repo_id, {})
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def hf_hub_download(api, repo_id, filename, **kwargs):
-            path = self.downloads / repo_id / filename
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self.repos[repo_id][filename])
-            return str(path)
-
-        def create_commit(api, repo_id, operations, **kwargs):
-            files = self.repos[repo_id]
-            for op in operations:
-                if isinstance(op, CommitOperationAdd):
-                    with op.as_file() as handle:
-                        files[op.path_in_repo] = handle.read()
-                else:
-                    files.pop(op.path_in_repo)
-            sha = f"{sum(len(f) for f in self.repos.values()):040d}"
-            return CommitInfo(
-                commit_url=f"https://huggingface.co/{repo_id}/commit/{sha}",
-                commit_message=kwargs.get("commit_message") or "",
-                commit_description="",
-                oid=sha,
-            )
-
-        replaced = {
-            "create_repo": create_repo,
-            "create_branch": lambda api, repo_id, **kwargs: None,
-            "list_repo_files": lambda api, repo_id, **kwargs: sorted(self.repos[repo_id]),
-            "hf_hub_download": hf_hub_download,
-            "create_commit": create_commit,
-        }
-        saved = {name: getattr(HfApi, name) for name in replaced}
-        offline = constants.HF_HUB_OFFLINE
-        try:
-            for name, method in replaced.items():
-                setattr(HfApi, name, method)
-            constants.HF_HUB_OFFLINE = False
-            yield self
-        finally:
-            for name, method in saved.items():
-                setattr(HfApi, name, method)
-            constants.HF_HUB_OFFLINE = offline
+    spec = importlib.util.spec_from_file_location("lorun_docs_fake_hub", TESTS_DIR / "fake_hub.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakeHub(downloads)
 
 
 def _run_request(request: dict, guard: _NetworkGuard) -> dict:
@@ -538,7 +490,7 @@ def _run_request(request: dict, guard: _NetworkGuard) -> dict:
     output = io.StringIO()
     guard.attempts.clear()
     result: dict = {"ok": True, "error": "", "failed_block": None}
-    hub = _FakeHub(work.parent / "fake-hub-downloads")
+    hub = _fake_hub(work.parent / "fake-hub-downloads")
     start = time.perf_counter()
     for part in request["blocks"]:
         code = compile("\n" * (part["line"] - 1) + part["code"], part["path"], "exec")

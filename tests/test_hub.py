@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, RepoUrl, constants
+from fake_hub import FakeHub
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
 from lorun_peft import hub
@@ -100,70 +100,6 @@ def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     return folder
-
-
-class FakeHub:
-    """In-memory Hub repos ``{repo_id: {path: bytes}}``; records every commit's operations."""
-
-    def __init__(self, downloads: Path) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.commits: list[tuple[str, list, dict]] = []
-        self.created: list[tuple[str, dict]] = []
-        self.downloads = downloads
-
-    def install(self, monkeypatch) -> None:
-        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: self.create_repo(repo_id, **kw))
-        monkeypatch.setattr(HfApi, "create_branch", lambda api, repo_id, **kw: None)
-        monkeypatch.setattr(HfApi, "list_repo_files", lambda api, repo_id, **kw: sorted(self.repos[repo_id]))
-        monkeypatch.setattr(
-            HfApi, "hf_hub_download", lambda api, repo_id, filename, **kw: self.download(repo_id, filename)
-        )
-        monkeypatch.setattr(
-            HfApi,
-            "create_commit",
-            lambda api, repo_id, operations, **kw: self.commit(repo_id, operations, **kw),
-        )
-
-    def create_repo(self, repo_id: str, **kwargs) -> RepoUrl:
-        self.created.append((repo_id, kwargs))
-        self.repos.setdefault(repo_id, {".gitattributes": b"*.safetensors filter=lfs\n"})
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def download(self, repo_id: str, filename: str) -> str:
-        path = self.downloads / repo_id / filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.repos[repo_id][filename])
-        return str(path)
-
-    def commit(self, repo_id: str, operations: list, **kwargs) -> CommitInfo:
-        self.commits.append((repo_id, list(operations), kwargs))
-        files = self.repos[repo_id]
-        for op in operations:
-            if isinstance(op, CommitOperationAdd):
-                with op.as_file() as handle:
-                    files[op.path_in_repo] = handle.read()
-            else:
-                files.pop(op.path_in_repo)
-        sha = f"{len(self.commits):040d}"
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{sha}",
-            commit_message="",
-            commit_description="",
-            oid=sha,
-        )
-
-    def checkout(self, repo_id: str, folder: Path) -> Path:
-        for path, data in self.repos[repo_id].items():
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            (folder / path).write_bytes(data)
-        return folder
-
-    def card(self, repo_id: str) -> tuple[dict, str]:
-        """(YAML metadata parsed with yaml.safe_load, body) of the repo's README.md."""
-        text = self.repos[repo_id]["README.md"].decode()
-        assert text.startswith("---\n")
-        front, body = text[4:].split("\n---\n", 1)
-        return yaml.safe_load(front), body
 
 
 @pytest.fixture

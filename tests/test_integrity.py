@@ -7,30 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hub import make_model
 
-from lorun_peft import BlockCS, LoRunModel, StageLoRAConfig, UNetConfig, UNetDenoiser
+from lorun_peft import LoRunModel
 from lorun_peft.integrity import BACKBONE_CHECKSUM_KEY, SET_CHECKSUM_KEY, IntegrityError, file_sha256
 from lorun_peft.pretrained import list_pretrained, pretrained_dir, save_pretrained_assets
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model() -> LoRunModel:
-    torch.manual_seed(0)
-    denoiser = UNetDenoiser(UNetConfig(in_channels=1, out_channels=1, base_channels=4, depth=2))
-    model = LoRunModel.from_components(BlockCS(0.25, block_size=8), denoiser, num_stages=2)
-    model.add_stage_adapters("ratio-50", StageLoRAConfig(num_stages=2, gamma=50), physics=BlockCS(0.5, 8))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    return model.eval()
+torch.set_num_threads(1)
 
 
 def flip_last_byte(path: Path) -> None:
@@ -41,10 +24,10 @@ def flip_last_byte(path: Path) -> None:
 
 @pytest.fixture()
 def saved(tmp_path: Path) -> tuple[LoRunModel, Path, Path]:
-    model = tiny_model()
+    model = make_model()
     model.save_pretrained(tmp_path / "backbone")
-    model.save_adapter_set(tmp_path / "sets", "ratio-50")
-    return model, tmp_path / "backbone", tmp_path / "sets" / "ratio-50"
+    model.save_adapter_set(tmp_path / "sets", "ratio-25")
+    return model, tmp_path / "backbone", tmp_path / "sets" / "ratio-25"
 
 
 def test_save_records_the_sha256_of_every_weight_file(saved) -> None:
@@ -77,7 +60,7 @@ def test_a_flipped_bit_in_a_set_is_refused_and_the_model_is_untouched(saved, fil
         target.load_adapter(set_dir)
     assert target.list_adapter_sets() == [] and target.state_dict().keys() == before.keys()
     assert all(torch.equal(value, before[key]) for key, value in target.state_dict().items())
-    assert target.load_adapter(set_dir, verify_integrity=False) == "ratio-50"
+    assert target.load_adapter(set_dir, verify_integrity=False) == "ratio-25"
 
 
 def test_a_record_that_does_not_cover_a_weight_file_is_refused(saved) -> None:
@@ -125,13 +108,13 @@ def test_a_truncated_config_is_one_clear_error(saved) -> None:
 
 def test_float16_assets_record_the_digests_of_the_files_they_ship(tmp_path: Path) -> None:
     """The float16 cast rewrites the files after saving: the records must follow, or nothing loads."""
-    model = tiny_model()
+    model = make_model()
     task_dir = save_pretrained_assets(model, "cs", root=tmp_path, storage_dtype=torch.float16)
     loaded = LoRunModel.from_pretrained(task_dir / "backbone")
-    assert loaded.load_adapter("ratio-50") == "ratio-50"
-    flip_last_byte(task_dir / "adapters" / "ratio-50" / "stage_01" / "adapter_model.safetensors")
+    assert loaded.load_adapter("ratio-25") == "ratio-25"
+    flip_last_byte(task_dir / "adapters" / "ratio-25" / "stage_01" / "adapter_model.safetensors")
     with pytest.raises(IntegrityError, match="stage_01"):
-        LoRunModel.from_pretrained(task_dir / "backbone").load_adapter("ratio-50")
+        LoRunModel.from_pretrained(task_dir / "backbone").load_adapter("ratio-25")
 
 
 def test_every_shipped_weight_file_matches_its_record() -> None:
