@@ -434,6 +434,8 @@ def _read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
             array = np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as error:
             raise ValueError(f"cannot read {path} as a numeric .npy array: {error}") from error
+        if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+            raise ValueError(f"{path} is not a single .npy array (an .npz archive?); expected one array")
         if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
             raise ValueError(f"{path} holds {array.dtype}, expected a real numeric array")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), {}
@@ -446,7 +448,10 @@ def _read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
                 key = "measurement" if "measurement" in keys else (keys[0] if len(keys) == 1 else None)
                 if key is None:
                     raise ValueError(f"{path} holds tensors {keys}; expected one named 'measurement'")
-                return handle.get_tensor(key).float(), dict(handle.metadata() or {})
+                tensor = handle.get_tensor(key)
+                if tensor.is_complex() or tensor.dtype == torch.bool:
+                    raise ValueError(f"{path}: {key!r} is {tensor.dtype}, expected a real numeric tensor")
+                return tensor.float(), dict(handle.metadata() or {})
         except SafetensorError as error:
             raise ValueError(f"cannot read {path} as safetensors: {error}") from error
     from lorun_peft.physics import load_mat_array
@@ -721,11 +726,20 @@ def run_export(args: argparse.Namespace) -> int:
     from lorun_peft.hub import check_replaceable, check_repo_id, export_repo
 
     check_repo_id(args.repo_id)
+    chosen = [flag for flag in ("ratio", "scale", "kernel", "adapter_set") if getattr(args, flag) is not None]
+    if chosen:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in chosen)
+        raise ValueError(f"lorun export picks adapter sets with --set NAME (repeatable), not {flags}")
     sources = [
         Path(p).expanduser() for p in (args.backbone, args.adapters) if p and Path(p).expanduser().exists()
     ]
     check_replaceable(Path(args.output).expanduser(), args.overwrite, keep=[Path.cwd(), *sources])
     metrics = _read_metrics(args.metrics) if args.metrics else {}
+    if args.no_backbone and "backbone" in metrics:
+        raise ValueError(
+            "--metrics has 'backbone' scores, but --no-backbone exports no backbone to attach them to"
+        )
+    base_model = args.base_model
     if args.backbone is not None:
         model = pretrained.load_model(args.backbone, args.adapters)
     elif args.adapters is not None:
@@ -733,6 +747,10 @@ def run_export(args: argparse.Namespace) -> int:
         model = pretrained.load_model(backbone, args.adapters)
     else:
         model = pretrained.load_pretrained(args.task or "cs", None, args.pretrained_dir)  # every set
+    if base_model is None and args.backbone is None:  # the shipped backbone's Hub repo
+        from lorun_peft.hub import SHIPPED_HUB_OWNER
+
+        base_model = f"{SHIPPED_HUB_OWNER}/{args.task or 'cs'}-backbone"
     folder = export_repo(
         model,
         args.output,
@@ -741,6 +759,7 @@ def run_export(args: argparse.Namespace) -> int:
         backbone=not args.no_backbone,
         metrics=metrics.pop("backbone", None),
         set_metrics=metrics,
+        base_model=base_model,
         overwrite=args.overwrite,
     )
     files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
@@ -1039,6 +1058,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT whole when it already holds files"
+    )
+    export.add_argument(
+        "--base-model",
+        default=None,
+        metavar="ID",
+        help="with --no-backbone: the backbone repo named in the card (default: lorun-peft/<task>-backbone "
+        "for the shipped model, else the backbone's Hub id when it was loaded by one)",
     )
     export.add_argument(
         "--metrics",

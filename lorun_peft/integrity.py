@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from lorun_peft.io import write_atomic
+
 __all__ = [
     "BACKBONE_CHECKSUM_KEY",
     "SET_CHECKSUM_KEY",
@@ -101,5 +103,5 @@ def add_backbone_checksums(folder: str | os.PathLike) -> dict[str, str]:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     checksums = record_checksums(root, backbone_weight_files(root))
     config[BACKBONE_CHECKSUM_KEY] = checksums
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return checksums

@@ -425,13 +425,13 @@ def test_evaluate_cassi_with_the_full_mask(
 
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(
-    assets: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bad input: one line, exit 2; any other error: one line, exit 1; --debug or LORUN_DEBUG=1 re-raise."""
     import lorun_peft.cli as cli
 
     backbone = assets / "cs" / "backbone"
-    damaged = assets.parent / "damaged_backbone"
+    damaged = tmp_path / "damaged_backbone"
     shutil.copytree(backbone, damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
@@ -479,6 +479,16 @@ def test_export_writes_a_loadable_hub_folder_offline(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "is not 'owner/name'" in err[0]
     assert not (tmp_path / "bad").exists()
+    assert main(["export", str(tmp_path / "bad"), "--repo-id", "me/x", "--ratio", "0.25"]) == 2
+    assert "picks adapter sets with --set NAME (repeatable), not --ratio" in capsys.readouterr().err
+    sets_only = tmp_path / "sets-only"
+    assert (
+        main(["export", str(sets_only), "--repo-id", "me/cs-adapters", "--no-backbone", "--set", sets[0]])
+        == 0
+    )
+    assert "base_model: lorun-peft/cs-backbone" in (sets_only / "README.md").read_text()
+    assert main(["export", str(sets_only), "--repo-id", "me/cs-adapters", "--no-backbone"]) == 2  # not empty
+    assert "is not empty" in capsys.readouterr().err
 
 
 class _Terminal(io.StringIO):
@@ -508,14 +518,23 @@ def test_evaluate_shows_a_progress_bar_on_a_terminal_unless_quiet(
 def test_unreadable_or_complex_measurements_and_a_misplaced_image_size(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from safetensors.torch import save_file
+
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
     complex_y = tmp_path / "complex.npy"
     np.save(complex_y, np.ones((256, 2, 2), np.complex64))
+    complex_st = tmp_path / "complex.safetensors"
+    save_file({"measurement": torch.ones(1, 16, 2, 2, dtype=torch.complex64)}, str(complex_st))
+    archive = tmp_path / "archive.npy"
+    with open(archive, "wb") as handle:
+        np.savez(handle, y=np.ones((16, 2, 2), np.float32))
     png = _sample_png(tmp_path / "img.png", "camera", (32, 32))
     cases = [
         (["restore", str(empty)], "cannot read"),
         (["restore", str(complex_y)], "expected a real numeric array"),
+        (["restore", str(complex_st)], "expected a real numeric tensor"),
+        (["restore", str(archive)], "is not a single .npy array"),
         (
             ["restore", str(png), "--image-size", "1x1"],
             "--image-size crops the estimate of a saved measurement",

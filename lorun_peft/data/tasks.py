@@ -875,6 +875,18 @@ def run_training(
 RUN_TARGET_FILE = "run_target.json"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not readable JSON ({exc}); delete it or use another --output_dir"
+        ) from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
 def claim_output_dir(output_dir: str | os.PathLike, target: dict[str, Any]) -> None:
     """Refuse an output folder that holds another run's state; else record ``target`` in it.
 
@@ -883,10 +895,13 @@ def claim_output_dir(output_dir: str | os.PathLike, target: dict[str, Any]) -> N
     """
     folder = Path(output_dir)
     previous = None
-    if (folder / RUN_TARGET_FILE).is_file():
-        previous = json.loads((folder / RUN_TARGET_FILE).read_text(encoding="utf-8"))
+    has_state = any((folder / name).exists() for name in ("log.jsonl", "run_summary.json")) or any(
+        folder.glob("checkpoint-*")
+    )
+    if has_state and (folder / RUN_TARGET_FILE).is_file():
+        previous = _read_json(folder / RUN_TARGET_FILE)
     elif (folder / "run_summary.json").is_file():  # a folder written before run_target.json existed
-        summary = json.loads((folder / "run_summary.json").read_text(encoding="utf-8"))
+        summary = _read_json(folder / "run_summary.json")
         previous = {
             "task": summary.get("task"),
             "mode": summary.get("mode"),

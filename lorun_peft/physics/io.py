@@ -57,8 +57,8 @@ def load_mat_array(
     """
     value = pick_variable(load_mat_variables(path), path, key, default)
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"variable in {path} is {array.dtype}, expected a numeric array")
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"variable in {path} is {array.dtype}, expected a real numeric array")
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"variable in {path} has shape {array.shape}, expected a {ndim}-D array")
     dtype = np.float64 if array.dtype == np.float64 else np.float32

@@ -80,20 +80,23 @@ def operator_norm(
         for _ in range(iterations):
             z = op.A_adjoint(op.A(x))
             value = float(z.norm())
-            if value == 0.0 or not math.isfinite(value):
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"the power iteration on A^T A gave a non-finite value ({value}): A or A_adjoint returns "
+                    "NaN/Inf or overflows on a unit-norm image; expected a finite linear operator"
+                )
+            if value == 0.0:
                 break
             x = z / value
             if abs(value - estimate) <= tol * value:
                 estimate = value
                 break
             estimate = value
-    if not math.isfinite(estimate):
-        raise ValueError(f"the power iteration on A^T A diverged (got {estimate}); is A linear and finite?")
     return math.sqrt(estimate)
 
 
 def pgd_step_size(op: Any, image_shape: Any, **kwargs: Any) -> float:
-    """``1 / ||A||^2``: the largest PGD step ``rho`` for which ``x - rho A^T (A x - y)`` never diverges."""
+    """``1 / ||A||^2``: a safe PGD step ``rho``, half the bound ``2 / ||A||^2`` past which it diverges."""
     norm = operator_norm(op, image_shape, **kwargs)
     if norm == 0.0:
         raise ValueError("A maps every image to 0 (||A|| = 0): no gradient step can recover anything")

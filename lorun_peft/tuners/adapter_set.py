@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lorun_peft.integrity import SET_CHECKSUM_KEY, record_checksums, verify_checksums
-from lorun_peft.io import replace_folder
+from lorun_peft.io import replace_folder, write_atomic
 
 from .config import StageLoRAConfig
 from .layers import StageLoRALayer, factor_shapes
@@ -422,9 +422,7 @@ def record_set_checksums(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     info = _read_set_info(path, None)
     info[SET_CHECKSUM_KEY] = record_checksums(path, _weight_files(info["num_stages"]))
-    tmp = path / f".{SET_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path / SET_FILE)
+    write_atomic(path / SET_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info[SET_CHECKSUM_KEY]
 
 

@@ -264,8 +264,8 @@ class LoRunModel(PreTrainedModel):
         ``physics``: a :class:`LinearOperator`, or any object with ``A`` and ``A_adjoint`` (wrapped by
         :func:`~lorun_peft.physics.as_operator`; give it ``factory=``/``args=`` so the model can be saved).
         ``step_init="auto"`` (PGD) starts every ``rho_k`` at ``1 / ||A||^2`` for images of ``image_shape``
-        (power iteration), the largest step that cannot diverge. In ``block`` mode every stage starts as a
-        copy of ``denoiser``. The model lands on the device and dtype of ``denoiser``.
+        (power iteration), a safe step (PGD diverges past ``2 / ||A||^2``). In ``block`` mode every stage
+        starts as a copy of ``denoiser``. The model lands on the device and dtype of ``denoiser``.
         """
         if not isinstance(denoiser, DenoiserPreTrainedModel):
             raise TypeError(f"denoiser must be a lorun_peft denoiser, got {type(denoiser).__name__}")
@@ -911,6 +911,11 @@ class LoRunModel(PreTrainedModel):
             )
         kwargs["use_safetensors"] = True
         local = Path(str(pretrained_model_name_or_path)).expanduser()
+        if not local.exists() and not hub.is_hub_id(pretrained_model_name_or_path):
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path} does not exist: expected a folder saved with "
+                "save_pretrained (config.json + model.safetensors) or a Hub repo id 'owner/name'"
+            )
         has_weights = (local / SAFE_WEIGHTS_NAME).is_file() or (local / SAFE_WEIGHTS_INDEX_NAME).is_file()
         if local.is_dir() and not has_weights:
             pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(

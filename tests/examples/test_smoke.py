@@ -410,3 +410,18 @@ def test_the_split_is_printed_and_a_test_scene_in_training_is_flagged(tmp_path, 
     leaky = [*base, "--train_data", str(cubes), "--eval_data", str(cubes / "scene_b.npz")]
     assert train([*leaky, "--output_dir", str(tmp_path / "leak")]) == 0
     assert "1 evaluation file(s) are also training data (scene_b.npz)" in capsys.readouterr().err
+
+
+def test_a_run_that_failed_before_training_does_not_claim_its_folder(tmp_path, capsys):
+    """Only a folder with a log, checkpoints or a summary belongs to a run; a failed start leaves none."""
+    train = _script("train_cs")
+    out = tmp_path / "run"
+    assert (
+        train(["--smoke", "--mode", "lorun", "--backbone", str(tmp_path / "nope"), "--output_dir", str(out)])
+        == 2
+    )
+    assert train(["--smoke", "--output_dir", str(out)]) == 0  # the corrected command, another target
+    (out / "run_target.json").write_text("{not json")
+    capsys.readouterr()
+    assert train(["--smoke", "--mode", "lorun", "--backbone", str(out), "--output_dir", str(out)]) == 2
+    assert "run_target.json is not readable JSON" in _error(capsys)

@@ -200,3 +200,19 @@ def test_auto_step_follows_the_operator_norm() -> None:
         LoRunModel.from_components(
             op, tiny_denoiser(), 2, "hqs", step_init="auto", image_shape=(1, 1, 16, 16)
         )
+
+
+def test_operator_norm_refuses_an_operator_that_returns_nan_or_overflows() -> None:
+    class Broken:
+        def __init__(self, scale: float) -> None:
+            self.scale = scale
+
+        def A(self, x):  # noqa: N802
+            return x * self.scale
+
+        def A_adjoint(self, y):  # noqa: N802
+            return y * self.scale
+
+    for scale in (float("nan"), 1e30):
+        with pytest.raises(ValueError, match="non-finite value"):
+            pgd_step_size(as_operator(Broken(scale)), (1, 1, 8, 8))
