@@ -734,7 +734,12 @@ def run_export(args: argparse.Namespace) -> int:
         Path(p).expanduser() for p in (args.backbone, args.adapters) if p and Path(p).expanduser().exists()
     ]
     check_replaceable(Path(args.output).expanduser(), args.overwrite, keep=[Path.cwd(), *sources])
-    metrics = _read_metrics(args.metrics) if args.metrics else {}
+    metrics = {}
+    if args.metrics:
+        from lorun_peft.io import read_json_object
+
+        advice = '--metrics expects {"backbone": {dataset: {metric: value}}, "<set>": {dataset: {...}}}'
+        metrics = read_json_object(args.metrics, advice)
     if args.no_backbone and "backbone" in metrics:
         raise ValueError(
             "--metrics has 'backbone' scores, but --no-backbone exports no backbone to attach them to"
@@ -768,19 +773,6 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  {name}")
     print(f"upload with: hf upload {args.repo_id} {folder} .")
     return 0
-
-
-def _read_metrics(path: str) -> dict[str, Any]:
-    try:
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--metrics {path}: cannot read it as JSON ({exc})") from exc
-    if not isinstance(metrics, dict):
-        raise ValueError(
-            f'--metrics {path}: expected {{"backbone": {{dataset: {{metric: value}}}}, "<set>": ...}}, '
-            f"got a JSON {type(metrics).__name__}"
-        )
-    return metrics
 
 
 def run_info(args: argparse.Namespace) -> int:

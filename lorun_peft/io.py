@@ -7,12 +7,14 @@ reports) builds it under a temporary name in the same folder and moves it into p
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["replace_folder", "write_atomic"]
+__all__ = ["read_json_object", "replace_folder", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -26,6 +28,18 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         tmp.write_text(data, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def read_json_object(path: str | os.PathLike, advice: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ``ValueError`` naming the file and ending in ``advice`` otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc}): {advice}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object: {advice}")
+    return value
 
 
 def replace_folder(tmp: Path, target: Path) -> None:

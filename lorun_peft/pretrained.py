@@ -279,12 +279,15 @@ def cast_safetensors_file(path: str | os.PathLike, dtype: torch.dtype) -> None:
     os.replace(tmp, path)
 
 
-def write_asset_cards(task_dir: str | os.PathLike, task: str | None = None) -> None:
+def write_asset_cards(
+    task_dir: str | os.PathLike, task: str | None = None, model: LoRunModel | None = None
+) -> None:
     """Write the model cards of a ``<task>/`` asset folder: ``backbone/README.md`` and ``adapters/README.md``.
 
     They are the cards of the Hub repos ``lorun-peft/<task>-backbone`` and ``lorun-peft/<task>-adapters``
     (:data:`~lorun_peft.hub.SHIPPED_HUB_OWNER`), which hold exactly these folders (``hf upload <repo>
     <folder> .``), so the package's copy and the Hub's carry the same files and the same card.
+    ``model``: the backbone as saved there (loaded from ``task_dir`` when not given).
     """
     from lorun_peft.hub import SHIPPED_HUB_OWNER, backbone_summary, write_model_card
     from lorun_peft.unfolding import LoRunModel
@@ -292,7 +295,8 @@ def write_asset_cards(task_dir: str | os.PathLike, task: str | None = None) -> N
     task_dir = Path(task_dir)
     task = _check_task(task or task_dir.name)
     backbone_repo = f"{SHIPPED_HUB_OWNER}/{task}-backbone"
-    model = LoRunModel.from_pretrained(task_dir / BACKBONE_DIR)
+    if model is None:
+        model = LoRunModel.from_pretrained(task_dir / BACKBONE_DIR)
     write_model_card(
         task_dir / BACKBONE_DIR, backbone_repo, backbone=backbone_summary(model), extra_tags=model.model_tags
     )
@@ -370,7 +374,7 @@ def save_pretrained_assets(
             ):
                 cast_safetensors_file(path, storage_dtype)
             record_asset_checksums(tmp)
-        write_asset_cards(tmp, task)
+        write_asset_cards(tmp, task, model)
         if manifest is not None:
             (tmp / MANIFEST).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -32,7 +32,7 @@ from lorun_peft.data.images import RandomPatchDataset, load_image_folder
 from lorun_peft.data.kernel_draws import RandomKernels
 from lorun_peft.data.mask_crops import RandomMaskCrops
 from lorun_peft.data.samples import load_sample_image
-from lorun_peft.io import write_atomic
+from lorun_peft.io import read_json_object, write_atomic
 
 TASKS = ("cs", "sr", "cassi")
 DENOISERS = ("unet", "transformer", "resunet", "ssr", "cppnet")
@@ -871,20 +871,9 @@ def run_training(
     return summary
 
 
+_REUSE_ADVICE = "delete it or use another --output_dir"
 #: Written at the start of a run into its output folder: which task, mode and adapter set it trains.
 RUN_TARGET_FILE = "run_target.json"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"{path} is not readable JSON ({exc}); delete it or use another --output_dir"
-        ) from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object")
-    return value
 
 
 def claim_output_dir(output_dir: str | os.PathLike, target: dict[str, Any]) -> None:
@@ -899,9 +888,9 @@ def claim_output_dir(output_dir: str | os.PathLike, target: dict[str, Any]) -> N
         folder.glob("checkpoint-*")
     )
     if has_state and (folder / RUN_TARGET_FILE).is_file():
-        previous = _read_json(folder / RUN_TARGET_FILE)
+        previous = read_json_object(folder / RUN_TARGET_FILE, _REUSE_ADVICE)
     elif (folder / "run_summary.json").is_file():  # a folder written before run_target.json existed
-        summary = _read_json(folder / "run_summary.json")
+        summary = read_json_object(folder / "run_summary.json", _REUSE_ADVICE)
         previous = {
             "task": summary.get("task"),
             "mode": summary.get("mode"),

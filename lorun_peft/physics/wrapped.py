@@ -61,6 +61,17 @@ def register_operator_factory(name: str, factory: Callable[..., Any] | None = No
     return register if factory is None else register(factory)
 
 
+def _registered_factory(name: Any) -> Callable[..., Any]:
+    """The factory registered under ``name``; a ``ValueError`` saying how to register it otherwise."""
+    if name not in OPERATOR_FACTORIES:
+        raise ValueError(
+            f"operator factory {name!r} is not registered in this process: call "
+            f"lorun_peft.physics.register_operator_factory({name!r}, fn) first (registered: "
+            f"{sorted(OPERATOR_FACTORIES) or 'none'})"
+        )
+    return OPERATOR_FACTORIES[name]
+
+
 def conjugate_gradient(
     apply: Callable[[Tensor], Tensor], rhs: Tensor, x0: Tensor, tol: float = 1e-6, max_iter: int = 100
 ) -> Tensor:
@@ -114,11 +125,8 @@ class WrappedOperator(LinearOperator):
                     f"as_operator needs an object with callable A(x) and A_adjoint(y); "
                     f"{type(operator).__name__} has no {method}"
                 )
-        if factory is not None and factory not in OPERATOR_FACTORIES:
-            raise ValueError(
-                f"operator factory {factory!r} is not registered; register_operator_factory({factory!r}, fn) "
-                f"first (registered: {sorted(OPERATOR_FACTORIES) or 'none'})"
-            )
+        if factory is not None:
+            _registered_factory(factory)
         if args is not None:
             try:
                 args = json.loads(json.dumps(args))
@@ -198,15 +206,10 @@ class WrappedOperator(LinearOperator):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> WrappedOperator:
         factory = config.get("factory")
-        if factory not in OPERATOR_FACTORIES:
-            raise ValueError(
-                f"this model's physics was built by the operator factory {factory!r}, which is not "
-                "registered in this process: call lorun_peft.physics.register_operator_factory("
-                f"{factory!r}, fn) before loading (registered: {sorted(OPERATOR_FACTORIES) or 'none'})"
-            )
+        build = _registered_factory(factory)
         args = config.get("args") or {}
         return cls(
-            OPERATOR_FACTORIES[factory](**args),
+            build(**args),
             factory=factory,
             args=args,
             cg_tol=config.get("cg_tol", 1e-6),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from lorun_peft.integrity import (
     backbone_weight_files,
     verify_checksums,
 )
+from lorun_peft.io import read_json_object
 from lorun_peft.physics import LinearOperator, as_operator, pgd_step_size, physics_from_config
 from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 from lorun_peft.tuners import (
@@ -120,14 +120,7 @@ def _check_backbone_folder(folder: Path, verify_integrity: bool) -> None:
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
         raise ValueError(f"{folder} has no {CONFIG_NAME}; expected a LoRunModel saved with save_pretrained")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(
-            f"{config_file} is not readable JSON ({exc}): the file is damaged or truncated"
-        ) from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, expected an object")
+    config = read_json_object(config_file, "the file is damaged or truncated")
     if verify_integrity and BACKBONE_CHECKSUM_KEY in config:
         verify_checksums(
             folder, config[BACKBONE_CHECKSUM_KEY], backbone_weight_files(folder), source=str(config_file)
