@@ -1,5 +1,6 @@
 # Set-up and the two commands the README promises. Everything goes into .venv; torch is installed
-# first at a version 2.13.0 satisfies, so pip never resolves an open `torch` to a multi-GB CUDA build.
+# first at a version 2.13.0 satisfies, so pip never resolves an open `torch` to a multi-GB CUDA build; the
+# package, its test extras and the deepinv extra then install under a constraints file pinning that torch.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+	printf 'torch==$(TORCH_VERSION)\n' > $(VENV)/constraints.txt  # nothing below may replace torch
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,deepinv]"
 	touch $@
 
 install: $(VENV)/.installed

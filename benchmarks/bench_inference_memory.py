@@ -87,7 +87,7 @@ def build_case(task: str, data_dir: Path):
         model = load_pretrained("sr", "x2-k1")
         clean = mosaic(data_dir, "Set5", 1080, 2048, 256, mode="RGB")
     else:
-        from lorun_peft.data.tasks import build_denoiser
+        from lorun_peft.denoisers import build_denoiser
         from lorun_peft.physics import CASSI, load_cassi_mask, load_cassi_measurement
         from lorun_peft.unfolding import LoRunModel
 

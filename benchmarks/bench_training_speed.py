@@ -413,8 +413,16 @@ def compile_probe(args: argparse.Namespace) -> dict:
 
 def accuracy(args: argparse.Namespace) -> dict:
     """The CS 25 % recipe for --accuracy-steps in fp32 and in the default precision; Set11 PSNR of both."""
-    from lorun_peft.data.tasks import DataArguments, ModelArguments, TaskArguments, run_training
+    import importlib.util
+
+    from lorun_peft.recipes import DataArguments, ModelArguments
+    from lorun_peft.tasks import CSArguments
     from lorun_peft.training import UnfoldingTrainingConfig
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_cs.py"
+    spec = importlib.util.spec_from_file_location("train_cs_example", example)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
     from lorun_peft.training.precision import resolve_mixed_precision
 
     report = {"default_resolves_to": resolve_mixed_precision("auto", torch.device("cpu"))}
@@ -436,7 +444,7 @@ def accuracy(args: argparse.Namespace) -> dict:
             data_dir=str(args.accuracy), patch_size=64, eval_data=str(Path(args.accuracy) / "Set11")
         )
         model_args = ModelArguments(mode="shared", width=16, depth=3)
-        summary = run_training("cs", TaskArguments(ratio=RATIO), data, model_args, training)
+        summary = recipe.train_cs(CSArguments(ratio=RATIO), data, model_args, training)
         report[label] = {"set11_psnr": summary.eval["psnr"], "train_time_s": summary.train_time_s}
         print(f"  accuracy {label}: {report[label]}", flush=True)
     return report

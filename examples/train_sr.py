@@ -16,13 +16,69 @@ See docs/tasks_sr.md.
 """
 
 import sys
+import time
 
-from lorun_peft.data.tasks import main_for_task
+import torch
+
+from lorun_peft.recipes import (
+    TrainingSummary,
+    apply_smoke,
+    build_model,
+    evaluation_during_training,
+    is_main_process,
+    parse_training_args,
+    save_run,
+    start_run,
+    training_data,
+)
+from lorun_peft.tasks import get_task
+from lorun_peft.training import train
+
+TASK = "sr"
+
+
+def train_sr(task_args, data, model_args, training) -> TrainingSummary:
+    """One training phase: phase 1 saves a backbone, phase 2 (``--mode lorun``) an adapter set."""
+    started = time.perf_counter()
+    spec = get_task(TASK)
+    data, model_args, training = apply_smoke(spec, data, model_args, training)
+    set_name = start_run(spec, task_args, model_args, training)  # one output folder per run
+    torch.manual_seed(training.seed)
+    where = {"smoke": model_args.smoke, "seed": training.seed, "data_dir": data.data_dir}
+    physics, physics_text = spec.build_physics(task_args, data.patch_size, **where)
+    dataset, data_text = training_data(spec, task_args, data, smoke=model_args.smoke, seed=training.seed)
+    model = build_model(spec, task_args, model_args, physics, set_name=set_name, seed=training.seed)
+    sampler = spec.physics_sampler(task_args, data.patch_size, **where)  # what to redraw per batch
+    result = train(
+        model,
+        dataset,
+        training,
+        eval_fn=evaluation_during_training(spec, task_args, data, smoke=model_args.smoke),
+        physics_sampler=sampler,
+    )
+    spec.finish_training(result.model, sampler)
+    return save_run(
+        result,
+        spec,
+        model_args,
+        training,
+        set_name=set_name,
+        physics_text=physics_text,
+        data_text=data_text,
+        started=started,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run one training phase; 0 on success, 2 on bad input."""
-    return main_for_task("sr", argv, description=__doc__)
+    try:
+        summary = train_sr(*parse_training_args(TASK, argv, description=__doc__))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"train_sr: error: {error}", file=sys.stderr)
+        return 2
+    if is_main_process():
+        print(summary.line(), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ StageLoRA on PEFT (``tuners``), the unfolding network ``LoRunModel`` in its thre
 is importable from its subpackage but may change.
 """
 
+from . import _torchvision_compat  # noqa: F401 - first: lets transformers import torchvision (see it)
 from .denoisers import (
     ResUNetConfig,
     ResUNetDenoiser,

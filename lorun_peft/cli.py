@@ -13,6 +13,7 @@ arguments and missing files print one ``error:`` line on stderr and exit with co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -25,9 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lorun_peft.tasks import task_for_physics, task_names
+
 #: Suffixes read as saved measurements by ``lorun restore`` (images are read by their own suffixes).
 MEASUREMENT_SUFFIXES = (".npy", ".safetensors", ".mat")
-TASKS = ("cs", "sr", "cassi")
+#: The command-line options that select an adapter set by its task mode (each names a field of one task's
+#: arguments dataclass: --ratio is CS's, --scale/--kernel SR's, --missing inpainting's).
+SET_OPTIONS = ("ratio", "scale", "kernel", "missing")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,33 +111,19 @@ def _percent(value: float) -> str:
 
 
 def _describe_physics(config: dict[str, Any]) -> str:
-    """One line for a physics config (``LinearOperator.get_config()``)."""
-    kind = config.get("type")
-    if kind == "block_cs":
-        b = config["block_size"]
-        phi = "learned" if config.get("learnable") else "fixed"
-        return (
-            f"block CS, ratio {_percent(config['ratio'])} ({config['num_rows']} rows x {b * b}, "
-            f"{b}x{b} blocks), {config['channels']} channel(s), {phi} Phi"
-        )
-    if kind == "blur_downsample":
-        kh, kw = config["kernel_size"]
-        return f"blur ({kh}x{kw} kernel) + downsampling x{config['scale']}"
-    if kind == "cassi":
-        height, width = config["mask_shape"]
-        return f"SD-CASSI, {height}x{width} mask, dispersion {config['step']} px/band"
-    if kind == "denoising":
-        return "denoising (A = I)"
-    return json.dumps(config, sort_keys=True)
+    """One line for a physics config (``LinearOperator.get_config()``), in its task's words."""
+    from lorun_peft.tasks import task_for_physics
+
+    try:
+        return task_for_physics(config).describe_physics(config)
+    except ValueError:
+        return json.dumps(config, sort_keys=True)
 
 
 def _task_of(model: Any) -> str:
-    from lorun_peft.data.tasks import PHYSICS_TASK
+    from lorun_peft.tasks import task_for_physics
 
-    kind = model.physics.get_config()["type"]
-    if kind not in PHYSICS_TASK:
-        raise ValueError(f"no task for physics {kind!r}; expected one of {sorted(PHYSICS_TASK)}")
-    return PHYSICS_TASK[kind]
+    return task_for_physics(model).name
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -142,7 +133,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "The shipped pretrained model of --task (an adapter set chosen by --ratio, or --scale/--kernel, or "
         "--adapter-set), or your own with --backbone/--adapters.",
     )
-    group.add_argument("--task", choices=TASKS, default=None, help="task of the shipped model (default: cs)")
+    group.add_argument(
+        "--task", choices=task_names(), default=None, help="task of the shipped model (default: cs)"
+    )
     group.add_argument(
         "--ratio", type=float, default=None, metavar="R", help="CS: select set ratio-XX (0.25 or 25)"
     )
@@ -151,6 +144,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--kernel", default=None, metavar="K", help="SR: kernel K1..K12 of the set (default K1)"
+    )
+    group.add_argument(
+        "--missing",
+        type=float,
+        default=None,
+        metavar="M",
+        help="inpainting: select set missing-XX (0.7 for 70 %%)",
     )
     group.add_argument(
         "--adapter-set", default=None, metavar="NAME", help="adapter set by name (e.g. ratio-25, x4-k1)"
@@ -175,27 +175,34 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _selected_set(args: argparse.Namespace, task: str | None) -> str | None:
-    from lorun_peft.pretrained import adapter_set_name
+    """The set named by --adapter-set, or by a task mode (--ratio, --scale/--kernel, --missing)."""
+    from dataclasses import fields
 
+    from lorun_peft.tasks import get_task, task_names
+
+    chosen = {name: getattr(args, name) for name in SET_OPTIONS if getattr(args, name, None) is not None}
     if args.adapter_set is not None:
-        chosen = [f"--{n}" for n in ("ratio", "scale", "kernel") if getattr(args, n) is not None]
         if chosen:
+            flags = "/".join(f"--{n}" for n in chosen)
             raise ValueError(
-                f"--adapter-set names the set; {'/'.join(chosen)} would select another one: "
-                "give one or the other"
+                f"--adapter-set names the set; {flags} would select another one: give one or the other"
             )
         return args.adapter_set
-    if args.ratio is not None:
-        if task not in (None, "cs"):
-            raise ValueError(f"--ratio selects a CS set, but the task is {task!r}")
-        return adapter_set_name("cs", ratio=args.ratio)
-    if args.scale is not None or args.kernel is not None:
-        if task not in (None, "sr"):
-            raise ValueError(f"--scale/--kernel select an SR set, but the task is {task!r}")
-        if args.scale is None:
-            raise ValueError("--kernel needs --scale (the set is x{scale}-k{kernel} or x{scale})")
-        return adapter_set_name("sr", scale=args.scale, kernel=args.kernel)
-    return None
+    if not chosen:
+        return None
+    owners = [
+        get_task(n) for n in task_names() if set(chosen) <= {f.name for f in fields(get_task(n).arguments)}
+    ]
+    flags = "/".join(f"--{n}" for n in chosen)
+    if not owners:
+        raise ValueError(f"{flags} select sets of different tasks: give the options of one task")
+    spec = owners[0]
+    s = "s" if len(chosen) == 1 else ""
+    if task not in (None, spec.name):
+        raise ValueError(f"{flags} select{s} {spec.label} sets, but the task is {task!r}")
+    if spec.set_key not in chosen:
+        raise ValueError(f"{flags} need{s} --{spec.set_key} (it names the {spec.label} set)")
+    return spec.set_name_for(**chosen)
 
 
 def _sr_choice(args: argparse.Namespace, names: list[str]) -> tuple[str | None, int | None]:
@@ -237,7 +244,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str]:
             raise ValueError(f"--task {args.task} but the backbone's physics is a {task!r} model")
     else:
         task = args.task or "cs"
-        if task == "cassi" and args.adapters is None:
+        if args.adapters is None:
             pretrained.pretrained_dir(task, args.pretrained_dir)  # clear error when none is installed
         set_name = _selected_set(args, task)
         index = None
@@ -246,9 +253,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str]:
             model = pretrained.load_model(backbone, args.adapters, set_name)
             source = f"shipped {task} backbone {backbone}, adapters {args.adapters}"
         else:
-            if task == "sr" and args.scale is not None:
+            if args.scale is not None:  # an SR set: single-kernel if installed, else the all-kernel one
                 set_name, index = _sr_choice(
-                    args, pretrained.list_pretrained(args.pretrained_dir).get("sr", [])
+                    args, pretrained.list_pretrained(args.pretrained_dir).get(task, [])
                 )
             model = pretrained.load_pretrained(task, set_name, args.pretrained_dir)
             source = f"shipped pretrained {task!r} ({pretrained.pretrained_dir(task, args.pretrained_dir)})"
@@ -283,8 +290,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from lorun_peft.pretrained import adapter_set_name, load_pretrained, pretrained_dir
 
     start = time.perf_counter()
-    if args.task == "cassi":
-        return _run_cassi_demo(args, start)
+    other = _OTHER_DEMOS.get(args.task)
+    if other is not None:
+        return other(args, start)
     if args.image not in list_sample_images():
         raise ValueError(f"unknown sample image {args.image!r}; expected one of {list_sample_images()}")
     if args.noise_sigma < 0:
@@ -363,10 +371,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def _run_cassi_demo(args: argparse.Namespace, start: float) -> int:
     """``lorun demo --task cassi``: a cube made from a shipped RGB image, restored with set mask-28."""
     from lorun_peft.data.samples import list_sample_images, load_sample_image
-    from lorun_peft.data.tasks import synthetic_cube
     from lorun_peft.figures import comparison_figure
     from lorun_peft.metrics import cassi_psnr, cassi_ssim
     from lorun_peft.pretrained import load_pretrained, pretrained_dir
+    from lorun_peft.tasks import synthetic_cube
 
     image = "coffee" if args.image == "camera" else args.image  # camera is gray
     if image not in list_sample_images():
@@ -396,7 +404,7 @@ def _run_cassi_demo(args: argparse.Namespace, start: float) -> int:
     print(f"model: shipped LoRun-{k} (set mask-28) from {pretrained_dir('cassi', args.pretrained_dir)}")
     print(
         "measurement: the TSA simulation mask, 2-pixel dispersion; the cube's spectra are three smooth "
-        "bumps weighted by R, G, B (lorun_peft.data.tasks.synthetic_cube), not a real scene"
+        "bumps weighted by R, G, B (lorun_peft.tasks.synthetic_cube), not a real scene"
     )
     print("metrics: CASSI protocol (TSA/MST): per-band PSNR / SSIM averaged over the bands")
     print()
@@ -414,6 +422,68 @@ def _run_cassi_demo(args: argparse.Namespace, start: float) -> int:
     print(f"wrote {path}; real TSA scenes: lorun restore <scene>.mat --task cassi --adapter-set mask-real")
     print(f"done in {time.perf_counter() - start:.1f} s (loading the model {loaded:.1f} s)")
     return 0
+
+
+def _run_inpainting_demo(args: argparse.Namespace, start: float) -> int:
+    """``lorun demo --task inpainting``: a shipped gray image with ``--missing`` of its pixels dropped."""
+    from lorun_peft.data.samples import list_sample_images, load_sample_image
+    from lorun_peft.figures import comparison_figure
+    from lorun_peft.pretrained import adapter_set_name, load_pretrained, pretrained_dir
+    from lorun_peft.tasks import get_task
+    from lorun_peft.tasks.inpainting import harmonic_inpainting
+
+    if args.image not in list_sample_images():
+        raise ValueError(f"unknown sample image {args.image!r}; expected one of {list_sample_images()}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"--output must end in .png, got {output}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    spec = get_task("inpainting")
+    set_name = adapter_set_name("inpainting", missing=args.missing)
+    model = load_pretrained("inpainting", None, args.pretrained_dir).to(_device(args.device))
+    if set_name not in model.list_adapter_sets():
+        raise ValueError(f"the shipped inpainting model has no set {set_name!r}: {model.list_adapter_sets()}")
+    model.set_adapter_set(set_name)
+    loaded = time.perf_counter() - start
+    reference = next(model.parameters())
+    clean = _centre_crop(load_sample_image(args.image, "L"), args.size).unsqueeze(0)
+    clean = clean.to(device=reference.device, dtype=reference.dtype)
+    mask = model.physics.operator.draw_mask(*clean.shape[-2:], torch.Generator().manual_seed(args.seed))
+    rows = []
+    with spec.evaluation_physics(model, tuple(clean.shape[1:]), mask=mask) as physics:
+        generator = torch.Generator(device=clean.device).manual_seed(args.seed)
+        with torch.no_grad():
+            y = physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)
+            rows.append(("seen pixels (A^T y)", physics.A_adjoint(y)))
+            rows.append(("initial estimate (fill)", physics.init(y)))
+            rows.append(("harmonic (classical)", harmonic_inpainting(y, physics.operator.mask)))
+        restored = model.restore(y)
+    with model.disable_adapters(), spec.evaluation_physics(model, tuple(clean.shape[1:]), mask=mask):
+        rows.append((f"Block-{model.num_stages}-share (backbone)", model.restore(y)))
+    rows.append((f"LoRun-{model.num_stages} ({set_name})", restored))
+    print(f"LoRun demo: inpainting of the shipped image {args.image!r} ({clean.shape[-2]}x{clean.shape[-1]})")
+    print(f"model: shipped LoRun-{model.num_stages} from {pretrained_dir('inpainting', args.pretrained_dir)}")
+    print(f"measurement: {args.missing:.0%} of the pixels missing (random mask, seed {args.seed})")
+    print(f"metrics: {spec.protocol_label}")
+    print()
+    print(f"{'method':<34} {'PSNR (dB)':>10} {'SSIM':>7}")
+    captions, titles, images = ["PSNR / SSIM"], ["ground truth"], [clean[0]]
+    for label, estimate in rows:
+        psnr, ssim = spec.score(estimate, clean, physics)
+        print(f"{label:<34} {psnr:>10.2f} {ssim:>7.4f}")
+        captions.append(f"{psnr:.2f} dB / {ssim:.4f}")
+        titles.append(label)
+        images.append(estimate[0].clamp(0, 1))
+    path = comparison_figure(images, titles, output, captions=captions)
+    print()
+    print(f"wrote {path}; your image: lorun restore damaged.png --task inpainting --measured --mask mask.png")
+    print(f"done in {time.perf_counter() - start:.1f} s (loading the model {loaded:.1f} s)")
+    return 0
+
+
+#: ``lorun demo --task T`` for the tasks whose demo is not the CS one.
+_OTHER_DEMOS = {"cassi": _run_cassi_demo, "inpainting": _run_inpainting_demo}
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -459,12 +529,6 @@ def _read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     return load_mat_array(path, default="measurement").float(), {}
 
 
-def _holds_variable(path: Path, name: str) -> bool:
-    from lorun_peft.physics.io import load_mat_variables
-
-    return name in load_mat_variables(path)
-
-
 def _write_measurement(path: Path, y: torch.Tensor, model: Any, size: tuple[int, int]) -> Path:
     """Save ``y``: ``.npy``, or ``.safetensors`` with the physics, adapter set and image size as metadata."""
     suffix = path.suffix.lower()
@@ -482,17 +546,6 @@ def _write_measurement(path: Path, y: torch.Tensor, model: Any, size: tuple[int,
         }
         return _write_bytes(path, save({"measurement": y.detach().cpu().float().contiguous()}, metadata))
     raise ValueError(f"--save-measurement must end in .npy or .safetensors, got {path}")
-
-
-def _score(task: str, estimate: torch.Tensor, clean: torch.Tensor, physics: Any) -> tuple[float, float, str]:
-    from lorun_peft import metrics
-
-    if task == "cs":
-        return float(metrics.cs_psnr(estimate, clean)), float(metrics.cs_ssim(estimate, clean)), "CS protocol"
-    scale = physics.scale
-    psnr = float(metrics.psnr_y(estimate.clamp(0, 1), clean, shave=scale))
-    ssim = float(metrics.ssim_y(estimate.clamp(0, 1), clean, shave=scale))
-    return psnr, ssim, f"SR protocol: Y channel, {scale}-pixel border shaved"
 
 
 def run_restore(args: argparse.Namespace) -> int:
@@ -515,14 +568,16 @@ def run_restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
     image_size = _parse_size(args.image_size)
     model, where = _load_model(args)
-    task = _task_of(model)
-    physics = model.physics
+    spec = task_for_physics(model)
+    mask = spec.read_mask(Path(args.mask)) if args.mask is not None else None
     reference = next(model.parameters())
     channels = model.denoisers[0].config.in_channels
     clean = None
     if suffix in IMAGE_EXTENSIONS:
-        if task == "cassi":
-            raise ValueError("a CASSI model restores measurements (.npy/.safetensors/.mat), not image files")
+        if not spec.restores_images:
+            raise ValueError(
+                f"a {spec.name} model restores measurements (.npy/.safetensors/.mat), not image files"
+            )
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -534,34 +589,19 @@ def run_restore(args: argparse.Namespace) -> int:
         if args.measured:
             y, kind = image, "measurement (image file)"
         else:
-            if task == "sr":
-                s = physics.scale
-                image = image[
-                    ..., : image.shape[-2] - image.shape[-2] % s, : image.shape[-1] - image.shape[-1] % s
-                ]
-            clean = image.unsqueeze(0)
             if image_size is not None:
                 raise ValueError(
                     "--image-size crops the estimate of a saved measurement; this input is a clean image, "
                     "restored at its own size (drop --image-size, or crop the image first)"
                 )
-            generator = torch.Generator(device=clean.device).manual_seed(args.seed)
-            with torch.no_grad():
-                y = physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)[0]
+            clean = spec.prepare(image, model.physics).unsqueeze(0)
             image_size = tuple(clean.shape[-2:])
             kind = "clean image (measurement simulated with the model's physics)"
     else:
         if args.measured:
             raise ValueError("--measured applies to image files; saved measurements are always measurements")
-        if task == "cassi" and suffix == ".mat" and _holds_variable(source, "meas_real"):
-            from lorun_peft.evaluation import real_measurement_scale
-            from lorun_peft.physics import load_cassi_measurement
-
-            y = load_cassi_measurement(source)
-            factor = real_measurement_scale(args.real_scale, physics.bands(y[None]))
-            y, metadata = y * factor, {"real_scale": f"{factor:g}"}
-        else:
-            y, metadata = _read_measurement(source)
+        real = spec.read_real_measurement(source, args.real_scale, model.physics)
+        y, metadata = real if real is not None else _read_measurement(source)
         if image_size is None and "image_size" in metadata:
             image_size = _parse_size(metadata["image_size"])
         kind = f"measurement {tuple(y.shape)}"
@@ -569,40 +609,44 @@ def run_restore(args: argparse.Namespace) -> int:
             kind += f", a real TSA measurement (meas_real) multiplied by {metadata['real_scale']}"
         saved_set = metadata.get("adapter_set") or None
         if saved_set in model.list_adapter_sets() and saved_set != model.active_adapter_set:
-            if _selected_set(args, task) is not None:
+            if _selected_set(args, spec.name) is not None:
                 raise ValueError(
                     f"{source.name} was simulated with adapter set {saved_set!r} (its own physics), but "
                     f"{model.active_adapter_set!r} was selected; drop the selection or pick {saved_set!r}"
                 )
             model.set_adapter_set(saved_set)
-            physics = model.physics
             kind += f", simulated with adapter set {saved_set!r} (recorded in the file)"
-    restored = model.restore(y.to(device=reference.device, dtype=reference.dtype), image_size=image_size)
-    restored = restored if restored.ndim == 4 else restored.unsqueeze(0)
-    written = []
-    if task == "cassi":
-        from lorun_peft.figures import cassi_to_rgb
-
-        cube_path = output.with_suffix(".npy")
-        buffer = io.BytesIO()
-        np.save(buffer, restored[0].detach().cpu().float().numpy())
-        written.append(_write_bytes(cube_path, buffer.getvalue()))
-        written.insert(0, _write_bytes(output, _png(cassi_to_rgb(restored[0]))))
-    else:
-        written.append(_write_bytes(output, _png(restored[0])))
+    shape = tuple(clean.shape[1:]) if clean is not None else tuple(y.shape[-3:])
+    options = {"mask": mask} if mask is not None else {}
+    uses_item_physics = clean is not None or mask is not None
+    with (
+        spec.evaluation_physics(model, shape, seed=args.seed, **options)
+        if uses_item_physics
+        else contextlib.nullcontext(model.physics)
+    ) as physics:
+        if clean is not None:
+            generator = torch.Generator(device=clean.device).manual_seed(args.seed)
+            with torch.no_grad():
+                y = physics.measure(clean, noise_sigma=args.noise_sigma, generator=generator)[0]
+        restored = model.restore(y.to(device=reference.device, dtype=reference.dtype), image_size=image_size)
+        restored = restored if restored.ndim == 4 else restored.unsqueeze(0)
+        initial = None
+        if clean is not None:
+            with torch.no_grad():
+                initial = physics.init(y.unsqueeze(0))[..., : clean.shape[-2], : clean.shape[-1]]
+        described = _describe_physics(physics.get_config())
+    written = spec.write_restored(restored[0], output)
     if args.save_measurement:
         if clean is None:
             raise ValueError("--save-measurement needs a clean image input (the measurement is simulated)")
         written.append(_write_measurement(Path(args.save_measurement), y, model, image_size))
     print(f"model: {_model_line(model)} from {where}")
-    print(f"physics: {_describe_physics(physics.get_config())}")
+    print(f"physics: {described}")
     print(f"input: {source} as {kind}")
     if clean is not None:
-        with torch.no_grad():
-            initial = physics.init(y.unsqueeze(0))[..., : clean.shape[-2], : clean.shape[-1]]
         for label, estimate in (("initial estimate", initial), ("restored", restored)):
-            psnr, ssim, protocol = _score(task, estimate, clean, physics)
-            print(f"{label:<17} PSNR {psnr:6.2f} dB  SSIM {ssim:.4f}  ({protocol})")
+            psnr, ssim = spec.score(estimate, clean, physics)
+            print(f"{label:<17} PSNR {psnr:6.2f} dB  SSIM {ssim:.4f}  ({spec.protocol_label})")
     print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
@@ -625,13 +669,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, where = _load_model(args)
     mask = None
     if args.mask is not None:
-        if _task_of(model) != "cassi":
-            raise ValueError(f"--mask is for CASSI models, this one is a {_task_of(model)!r} model")
-        from lorun_peft.physics import load_cassi_mask
-
-        if not Path(args.mask).is_file():
-            raise FileNotFoundError(f"--mask {args.mask} does not exist (expected a .mat with 'mask')")
-        mask = load_cassi_mask(args.mask)
+        spec = task_for_physics(model)
+        if not spec.evaluates_with_one_mask:
+            raise ValueError(f"--mask is for CASSI models, this one is a {spec.name!r} model")
+        mask = spec.read_mask(Path(args.mask))
     output_dir = Path(args.output_dir)
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the folder is read through `datasets`; keep the output a table
@@ -693,13 +734,14 @@ class _ProgressBar:
 
 # ---------------------------------------------------------------------------------------------- info
 def _list_pretrained(root: str | None) -> int:
-    from lorun_peft.pretrained import PRETRAINED_TASKS, list_pretrained, pretrained_root
+    from lorun_peft.pretrained import list_pretrained, pretrained_root
+    from lorun_peft.tasks import get_task
 
     installed = list_pretrained(root)
     print(f"pretrained assets at {pretrained_root(root)}")
     if not installed:
         print("  none installed")
-    for task, description in PRETRAINED_TASKS.items():
+    for task, description in ((name, get_task(name).title) for name in task_names()):
         if task in installed:
             sets = ", ".join(installed[task]) or "no adapter sets"
             print(f"  {task:<6} {description}: {sets}")
@@ -820,35 +862,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- train
-_TRAIN_RECIPES = {
-    "cs": (
-        "CS: block compressive sensing, gray, learned Phi, Train400; sets ratio-XX",
-        ["--mode shared --ratio 0.25 --output_dir runs/cs/backbone"],
-        [
-            f"--mode lorun --backbone runs/cs/backbone --ratio 0.{r} --output_dir runs/cs/sets/r{r}"
-            for r in ("25", "10", "50")
-        ],
-    ),
-    "sr": (
-        "SR: blur + downsampling with kernel K1..K12 of kernels_12.mat, RGB, BSDS500; sets x{s}-k{i}",
-        ["--mode shared --kernel K1 --scale 2 --output_dir runs/sr/backbone"],
-        [
-            f"--mode lorun --backbone runs/sr/backbone --kernel K1 --scale {s} --output_dir runs/sr/sets/x{s}"
-            for s in (2, 4)
-        ],
-    ),
-    "cassi": (
-        "CASSI: SD-CASSI, 28 bands, HQS, CAVE cubes resampled to KAIST's bands; sets mask-28",
-        ["--mode shared --denoiser ssr --output_dir runs/cassi/backbone"],
-        ["--mode lorun --backbone runs/cassi/backbone --denoiser ssr --output_dir runs/cassi/sets/m28"],
-    ),
-}
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from lorun_peft.data.tasks import repo_root
+    from lorun_peft.tasks import get_task, repo_root
 
-    tasks = TASKS if args.task == "all" else (args.task,)
+    tasks = task_names() if args.task == "all" else (args.task,)
     examples = repo_root() / "examples"
     where = (
         f"found in {examples}"
@@ -862,11 +879,11 @@ def run_train(args: argparse.Namespace) -> int:
     print("  phase 2 (--mode lorun --backbone DIR) freezes it and trains one adapter set per task mode")
     print("  (K stage LoRA adapters + the set's own physics and steps). --mode block trains Block-K.")
     for task in tasks:
-        description, phase1, phase2 = _TRAIN_RECIPES[task]
+        spec = get_task(task)
         script = f"examples/train_{task}.py"
         print()
-        print(description)
-        for options in [*phase1, *phase2]:
+        print(f"{task}: {spec.title}")
+        for options in spec.recipe:
             print(f"  accelerate launch {script} {options}")
     print()
     from lorun_peft.training.precision import cpu_supports_bf16
@@ -912,9 +929,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--task",
-        choices=("cs", "cassi"),
+        choices=("cs", "cassi", "inpainting"),
         default="cs",
-        help="cs: block CS of a gray image; cassi: a spectral cube made from an RGB image (set mask-28)",
+        help="cs: block CS of a gray image; cassi: a spectral cube made from an RGB image (set mask-28); "
+        "inpainting: a gray image with --missing of its pixels dropped",
     )
     demo.add_argument(
         "--image",
@@ -935,6 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         default=[0.10, 0.50],
         help="ratio(s) of the set(s) swapped in afterwards (ratio-10, ratio-50 ...)",
+    )
+    demo.add_argument(
+        "--missing", type=float, default=0.7, metavar="M", help="inpainting: share of missing pixels (set)"
     )
     demo.add_argument(
         "--noise-sigma", type=float, default=0.0, metavar="S", help="measurement noise std (images in [0, 1])"
@@ -973,6 +994,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="CASSI: factor for a real TSA measurement (.mat variable 'meas_real', stored divided by C/2): "
         "'mst' multiplies by C/2 (14 for 28 bands), or a number",
+    )
+    restore.add_argument(
+        "--mask",
+        default=None,
+        metavar="PATH",
+        help="inpainting: mask of the measurement (PNG or .npy, nonzero = observed pixel); for a clean image "
+        "without it, a random mask of the set's missing rate seeded by --seed",
     )
     restore.add_argument(
         "--save-measurement",
@@ -1073,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the accelerate commands of the two training phases for each task.",
         formatter_class=_Formatter,
     )
-    train.add_argument("--task", choices=(*TASKS, "all"), default="all", help="which task's recipe")
+    train.add_argument("--task", choices=(*task_names(), "all"), default="all", help="which task's recipe")
     train.set_defaults(func=run_train)
     return parser
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorun_peft.data.pseudocolor import band_wavelengths, cassi_to_rgb, wavelength_to_rgb
+
 __all__ = [
     "auto_zoom_box",
     "cassi_band_grid_figure",
@@ -201,22 +203,15 @@ def comparison_figure(
 
 # ------------------------------------------------------------------------------------------ stage-wise PSNR
 def _default_metric(model: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """The task's protocol PSNR (:meth:`TaskSpec.stage_metric`), else PSNR on [0, 1]."""
     from lorun_peft import metrics
+    from lorun_peft.tasks import task_for_physics
 
-    config = model.physics.get_config()
-    kind = config["type"]
-    if kind == "block_cs" and config.get("channels", 1) == 1:
-        return metrics.cs_psnr
-    if kind == "blur_downsample":
-        scale = int(config["scale"])
-        return lambda pred, target: (
-            metrics.psnr_y(pred, target, shave=scale)
-            if pred.shape[-3] == 3
-            else metrics.psnr(pred, target, data_range=1.0)
-        )
-    if kind == "cassi":
-        return metrics.cassi_psnr
-    return lambda pred, target: metrics.psnr(pred, target, data_range=1.0)
+    try:
+        spec = task_for_physics(model.physics)
+    except ValueError:
+        return lambda pred, target: metrics.psnr(pred, target, data_range=1.0)
+    return spec.stage_metric(model.physics)
 
 
 def stage_psnr(
@@ -402,68 +397,6 @@ def stage_lora_weights_figure(
 
 
 # ---------------------------------------------------------------------------------------------- CASSI
-def wavelength_to_rgb(wavelength_nm: float | Sequence[float] | np.ndarray) -> np.ndarray:
-    """Approximate display RGB in [0, 1] of monochromatic light, shape ``(..., 3)``.
-
-    The piecewise-linear approximation of the visible spectrum (violet 380 nm ... red 645-780 nm,
-    Bruton's), with the intensity falling off towards both ends (30 % at 380 and 780 nm); zero outside.
-    """
-    lam = np.asarray(wavelength_nm, dtype=np.float64)
-    r = np.zeros_like(lam)
-    g = np.zeros_like(lam)
-    b = np.zeros_like(lam)
-    pieces = [
-        ((lam >= 380) & (lam < 440), (440 - lam) / 60, 0.0, 1.0),
-        ((lam >= 440) & (lam < 490), 0.0, (lam - 440) / 50, 1.0),
-        ((lam >= 490) & (lam < 510), 0.0, 1.0, (510 - lam) / 20),
-        ((lam >= 510) & (lam < 580), (lam - 510) / 70, 1.0, 0.0),
-        ((lam >= 580) & (lam < 645), 1.0, (645 - lam) / 65, 0.0),
-        ((lam >= 645) & (lam <= 780), 1.0, 0.0, 0.0),
-    ]
-    for where, red, green, blue in pieces:
-        r = np.where(where, red, r)
-        g = np.where(where, green, g)
-        b = np.where(where, blue, b)
-    factor = np.where(
-        (lam >= 380) & (lam < 420),
-        0.3 + 0.7 * (lam - 380) / 40,
-        np.where(
-            (lam >= 420) & (lam <= 700),
-            1.0,
-            np.where((lam > 700) & (lam <= 780), 0.3 + 0.7 * (780 - lam) / 80, 0.0),
-        ),
-    )
-    return np.stack([r, g, b], axis=-1) * factor[..., None]
-
-
-def _wavelengths(bands: int, wavelengths: Sequence[float] | None) -> np.ndarray:
-    from lorun_peft.data.tasks import cube_wavelengths
-
-    values = np.asarray(
-        cube_wavelengths(bands) if wavelengths is None else list(wavelengths), dtype=np.float64
-    )
-    if values.shape != (bands,):
-        raise ValueError(f"got {values.size} wavelengths for a cube of {bands} bands")
-    return values
-
-
-def cassi_to_rgb(cube: Tensor, wavelengths: Sequence[float] | None = None) -> Tensor:
-    """``(C, H, W)`` cube -> ``(3, H, W)`` pseudo-colour: each band adds its wavelength's RGB.
-
-    ``rgb[j] = sum_c w[c, j] cube[c] / sum_c w[c, j]`` with ``w = wavelength_to_rgb(wavelengths)``, so a
-    flat spectrum of value v maps to grey v and values stay in [0, 1] for a cube in [0, 1]. Wavelengths
-    default to KAIST's 28 (CAVE's 31, else 450-650 nm evenly).
-    """
-    if cube.ndim != 3:
-        raise ValueError(f"expected a (C, H, W) cube, got shape {tuple(cube.shape)}")
-    weights = torch.from_numpy(wavelength_to_rgb(_wavelengths(cube.shape[0], wavelengths)))
-    totals = weights.sum(dim=0)
-    if bool((totals <= 0).any()):
-        raise ValueError("the wavelengths leave an RGB channel empty (all outside 380-780 nm?)")
-    rgb = torch.einsum("cj,chw->jhw", weights / totals, cube.detach().cpu().double())
-    return rgb.to(cube.dtype if cube.is_floating_point() else torch.float32)
-
-
 def cassi_band_grid_figure(
     cube: Tensor,
     path: str | os.PathLike,
@@ -484,7 +417,7 @@ def cassi_band_grid_figure(
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
     bands = cube.shape[0]
-    lam = _wavelengths(bands, wavelengths)
+    lam = band_wavelengths(bands, wavelengths)
     tints = wavelength_to_rgb(lam)
     tints = tints / np.maximum(tints.max(axis=1, keepdims=True), 1e-12)
     values = cube.detach().cpu().double().clamp_min(0).numpy()

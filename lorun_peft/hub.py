@@ -20,9 +20,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from huggingface_hub import (
     CommitInfo,
@@ -51,8 +51,29 @@ from huggingface_hub.utils import httpx
 from lorun_peft.io import replace_folder
 from lorun_peft.tuners import validate_set_name
 
-if TYPE_CHECKING:
-    from lorun_peft.unfolding.model import LoRunModel
+
+class LoRunModel(Protocol):
+    """What this module needs of a model (it never imports the model class: the model calls in here)."""
+
+    config: Any
+    name_or_path: str
+    model_tags: Any
+    adapter_tasks: Any
+
+    def backbone_state_dict(self) -> dict[str, Any]: ...
+    def list_adapter_sets(self) -> list[str]: ...
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None: ...
+    def save_adapter_set(self, directory: Any, name: str | None = None) -> Path: ...
+
+
+#: ``(owns(physics config) -> bool, tag)`` pairs, filled by :func:`lorun_peft.tasks.register_task`.
+_TASK_TAGS: list[tuple[Callable[[dict[str, Any]], bool], str]] = []
+
+
+def register_task_tag(owns: Callable[[dict[str, Any]], bool], tag: str) -> None:
+    """Tag the cards of models whose physics ``owns`` accepts with ``tag`` (latest registration first)."""
+    _TASK_TAGS.insert(0, (owns, tag))
+
 
 #: ``library_name`` of every card. Not ``peft``: a set repo has no root ``adapter_config.json`` and its
 #: stage adapters need LoRun's stage control and task parameters, so PEFT's Hub snippet would not work.
@@ -60,13 +81,6 @@ LIBRARY_NAME = "lorun-peft"
 #: Tags of every card; adapter repos add :data:`ADAPTER_TAGS`, and the task tag comes from the physics.
 BASE_TAGS = ("lorun", "deep-unfolding", "image-restoration")
 ADAPTER_TAGS = ("peft", "lora")
-#: Physics type (``LinearOperator.physics_type``) -> task tag.
-TASK_TAGS = {
-    "block_cs": "compressive-sensing",
-    "cassi": "spectral-imaging",
-    "blur_downsample": "super-resolution",
-    "denoising": "image-denoising",
-}
 #: ``task.type`` of the model-index results (the Hub's pipeline task for restoration models).
 PIPELINE_TAG = "image-to-image"
 SET_FILE = "adapter_set.json"
@@ -385,7 +399,9 @@ def resolve_adapter_dir(
 
 # ---------------------------------------------------------------- model cards
 def _task_tag(physics: Mapping[str, Any] | None) -> str | None:
-    return TASK_TAGS.get((physics or {}).get("type"))
+    """The Hub tag of the task owning ``physics`` (``TaskSpec.hub_tag``), or ``None`` for an unknown one."""
+    config = dict(physics or {})
+    return next((tag for owns, tag in _TASK_TAGS if owns(config)), None)
 
 
 def _describe_physics(physics: Mapping[str, Any] | None) -> str:

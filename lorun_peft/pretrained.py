@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,15 +30,14 @@ from safetensors.torch import load_file, save_file
 from lorun_peft.hub import SHIPPED_ADAPTERS_DIR
 from lorun_peft.integrity import add_backbone_checksums
 from lorun_peft.io import replace_folder
+from lorun_peft.tasks import get_task, task_names
 from lorun_peft.tuners import record_set_checksums
 
 if TYPE_CHECKING:
     from lorun_peft.unfolding import LoRunModel
 
 __all__ = [
-    "DEFAULT_ADAPTER_SETS",
     "PRETRAINED_ENV",
-    "PRETRAINED_TASKS",
     "adapter_set_name",
     "list_pretrained",
     "load_model",
@@ -56,14 +54,6 @@ __all__ = [
 
 #: Environment variable that points at another asset root (same layout).
 PRETRAINED_ENV = "LORUN_PRETRAINED_DIR"
-#: Tasks a pretrained model may be shipped for, with a one-line description.
-PRETRAINED_TASKS = {
-    "cs": "block compressive sensing, gray, learned Phi (sets ratio-XX)",
-    "sr": "super-resolution with a blur kernel, RGB (sets x{scale}: any of 12 kernels; x{scale}-k{kernel})",
-    "cassi": "SD-CASSI spectral snapshot imaging, 28 bands (sets mask-28: simulation mask, mask-real: TSA)",
-}
-#: The set :func:`load_pretrained` activates when none is named (if installed; else the first one).
-DEFAULT_ADAPTER_SETS = {"cs": "ratio-25", "sr": "x2-k1", "cassi": "mask-28"}
 #: The 12 USRNet kernels the shipped SR all-kernel sets (``x2``, ``x3``, ``x4``) were trained on.
 KERNELS_FILE = "kernels_12.safetensors"
 
@@ -85,9 +75,7 @@ def pretrained_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def _check_task(task: str) -> str:
-    if task not in PRETRAINED_TASKS:
-        raise ValueError(f"unknown pretrained task {task!r}; expected one of {sorted(PRETRAINED_TASKS)}")
-    return task
+    return get_task(task).name
 
 
 def _installed(task_dir: Path) -> bool:
@@ -104,9 +92,7 @@ def list_pretrained(root: str | os.PathLike | None = None) -> dict[str, list[str
     A task counts as installed when its backbone folder holds ``config.json`` and ``model.safetensors``.
     """
     base = pretrained_root(root)
-    return {
-        task: _sets_in(base / task / ADAPTERS_DIR) for task in PRETRAINED_TASKS if _installed(base / task)
-    }
+    return {task: _sets_in(base / task / ADAPTERS_DIR) for task in task_names() if _installed(base / task)}
 
 
 def pretrained_dir(task: str, root: str | os.PathLike | None = None) -> Path:
@@ -137,32 +123,14 @@ def read_manifest(task: str, root: str | os.PathLike | None = None) -> dict[str,
     return manifest
 
 
-def adapter_set_name(
-    task: str, ratio: float | None = None, scale: int | None = None, kernel: str | int | None = None
-) -> str:
-    """The conventional set name of a task mode: ``ratio-25`` (CS, ratio 0.25 or 25) or ``x4-k1`` (SR).
+def adapter_set_name(task: str, **selection: Any) -> str:
+    """The conventional set name of a task mode, from the task's own rule (:meth:`TaskSpec.set_name_for`).
 
-    CS ratios above 1 are read as percent. SR kernels are ``K1``..``K12`` (or 1..12).
+    ``adapter_set_name("cs", ratio=0.25)`` -> ``ratio-25`` (ratios above 1 are percent);
+    ``adapter_set_name("sr", scale=4, kernel="K1")`` -> ``x4-k1``; ``adapter_set_name("inpainting",
+    missing=0.7)`` -> ``missing-70``. Arguments given as ``None`` are left out.
     """
-    if task == "cs":
-        if ratio is None:
-            raise ValueError("a CS adapter set is named by its ratio: pass ratio (e.g. 0.25 or 25)")
-        percent = ratio * 100 if ratio <= 1 else ratio
-        if not 0 < percent <= 100:
-            raise ValueError(f"CS ratio must be in (0, 1] (or a percentage in (0, 100]), got {ratio!r}")
-        if abs(percent - round(percent)) > 1e-6:
-            raise ValueError(f"CS ratio {ratio!r} is not a whole percentage; pass the set name instead")
-        return f"ratio-{round(percent)}"
-    if task == "sr":
-        if scale is None:
-            raise ValueError("an SR adapter set is named by its scale and kernel: pass scale (2, 3 or 4)")
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"SR scale must be a positive integer, got {scale!r}")
-        match = re.fullmatch(r"[kK]?(\d+)", str("K1" if kernel is None else kernel).strip())
-        if match is None or not 1 <= int(match.group(1)) <= 12:
-            raise ValueError(f"SR kernel must be K1..K12 (kernels_12.mat), got {kernel!r}")
-        return f"x{scale}-k{int(match.group(1))}"
-    raise ValueError(f"adapter set names are derived for 'cs' and 'sr' only, got task {task!r}")
+    return get_task(task).set_name_for(**{k: v for k, v in selection.items() if v is not None})
 
 
 def load_model(
@@ -220,7 +188,7 @@ def load_pretrained(
 ) -> LoRunModel:
     """The shipped LoRun model of ``task``: backbone + all of its adapter sets, ``adapter_set`` active.
 
-    Without ``adapter_set`` the task's default (:data:`DEFAULT_ADAPTER_SETS`) is active, or the first set
+    Without ``adapter_set`` the task's default (``TaskSpec.default_set``) is active, or the first set
     when that one is not installed; a backbone shipped without sets comes back as a shared model. The
     model is on the CPU in float32 and eval mode; ``model.set_adapter_set(name)`` swaps task modes and
     ``with model.disable_adapters():`` runs the phase-1 backbone alone (Block-K-share). Raises
@@ -236,7 +204,7 @@ def load_pretrained(
         )
     if not names:
         return load_model(task_dir / BACKBONE_DIR)
-    default = DEFAULT_ADAPTER_SETS.get(task)
+    default = get_task(task).default_set
     active = adapter_set or (default if default in names else names[0])
     return load_model(task_dir / BACKBONE_DIR, adapters, active)
 

@@ -112,12 +112,12 @@ def test_help_exits_zero(command: list[str], capsys: pytest.CaptureFixture) -> N
         (["restore", "{tmp}/img.png", "--ratio", "0.3"], "no adapter set 'ratio-30'"),
         (["restore", "{tmp}/img.png", "--image-size", "3y"], "HxW"),
         (["restore", "{tmp}/img.png", "--task", "sr", "--kernel", "K2"], "--kernel needs --scale"),
-        (["restore", "{tmp}/img.png", "--kernel", "K2"], "select an SR set, but the task is 'cs'"),
+        (["restore", "{tmp}/img.png", "--kernel", "K2"], "selects SR sets, but the task is 'cs'"),
         (["restore", "{tmp}/img.png", "--task", "cassi"], "pretrained 'cassi' is not installed"),
         (["restore", "{tmp}/img.png", "--backbone", "{tmp}/nothing"], "neither a local folder nor a Hub id"),
         (["info", "--backbone", "{tmp}"], "has no config.json"),
         (["evaluate", "{tmp}/no-folder"], "does not exist"),
-        (["info", "--task", "sr", "--ratio", "0.25"], "--ratio selects a CS set"),
+        (["info", "--task", "sr", "--ratio", "0.25"], "--ratio selects CS sets"),
         (["info", "--pretrained-dir", "{tmp}"], "pretrained 'cs' is not installed at"),
         (["train", "--task", "denoise"], "invalid choice"),
     ],
@@ -354,7 +354,7 @@ def test_restore_sr_with_an_all_kernel_set_writes_the_chosen_kernel(
 def _install_tiny_cassi(mask: torch.Tensor, root: Path, monkeypatch: pytest.MonkeyPatch):
     """A 4-band, K = 2 CASSI model on ``mask``, installed as the shipped ``cassi`` model under ``root``."""
     from lorun_peft import CASSI, LoRunModel
-    from lorun_peft.data.tasks import build_denoiser
+    from lorun_peft.denoisers import build_denoiser
     from lorun_peft.pretrained import save_pretrained_assets
 
     model = LoRunModel.from_components(

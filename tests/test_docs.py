@@ -90,8 +90,8 @@ STAND_INS: dict[str, str] = {
     "../shared/data/Set11": "3 gray 128x128 PNG crops of the shipped sample images",
     "../shared/data/Train400": "4 gray 180x180 PNG crops of the shipped sample images",
     "../shared/data/CASSI/cubes": "cloth.npz (256x256) and stuffed_toys.npz (512x512): 31-band uint16 "
-    "CAVE-layout cubes made from shipped RGB images (lorun_peft.data.tasks.synthetic_cube)",
-    "../shared/data/CASSI/simulation/mask.mat": "a random 256x256 float mask (data.tasks.synthetic_mask)",
+    "CAVE-layout cubes made from shipped RGB images (lorun_peft.tasks.synthetic_cube)",
+    "../shared/data/CASSI/simulation/mask.mat": "a random 256x256 float mask (tasks.synthetic_mask)",
     "runs/cs/backbone": "a copy of the shipped CS backbone (lorun_peft/assets/pretrained/cs/backbone)",
     "runs/cs/sets/r10": "the output folder of a ratio-10 phase-2 run: a copy of the shipped set ratio-10",
     "runs/cs/sets/r25": "the output folder of a ratio-25 phase-2 run: a copy of the shipped set ratio-25",
@@ -385,7 +385,7 @@ def _cubes(target: Path) -> None:
     import numpy as np
 
     from lorun_peft.data import CAVE_WAVELENGTHS_31, load_sample_image
-    from lorun_peft.data.tasks import synthetic_cube
+    from lorun_peft.tasks import synthetic_cube
 
     target.mkdir(parents=True)
     for name, image, size in (("cloth", "coffee", 256), ("stuffed_toys", "astronaut", 512)):
@@ -402,7 +402,7 @@ def _cubes(target: Path) -> None:
 def _mask(target: Path) -> None:
     import scipy.io
 
-    from lorun_peft.data.tasks import synthetic_mask
+    from lorun_peft.tasks import synthetic_mask
 
     target.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(target, {"mask": synthetic_mask(256).numpy()})

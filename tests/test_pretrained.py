@@ -137,7 +137,7 @@ def test_missing_assets_and_unknown_names(assets: Path, tmp_path: Path) -> None:
         load_pretrained("cassi", root=assets)
     with pytest.raises(ValueError, match=r"no adapter set 'ratio-30'.*ratio-10, ratio-25, ratio-50"):
         load_pretrained("cs", "ratio-30", assets)
-    with pytest.raises(ValueError, match="unknown pretrained task 'denoise'"):
+    with pytest.raises(ValueError, match="task must be one of .*got 'denoise'"):
         load_pretrained("denoise", root=assets)
 
 
@@ -186,6 +186,9 @@ def test_load_model_from_a_set_folder_or_a_folder_of_sets(assets: Path) -> None:
         ("sr", {"scale": 4}, "x4-k1"),
         ("sr", {"scale": 2, "kernel": "K12"}, "x2-k12"),
         ("sr", {"scale": 3, "kernel": 5}, "x3-k5"),
+        ("sr", {"scale": 3, "kernel": "all"}, "x3"),
+        ("cassi", {"bands": 28}, "mask-28"),
+        ("inpainting", {"missing": 0.7}, "missing-70"),
     ],
 )
 def test_adapter_set_names(task: str, kwargs: dict, expected: str) -> None:
@@ -200,7 +203,10 @@ def test_adapter_set_names(task: str, kwargs: dict, expected: str) -> None:
         ("cs", {"ratio": 0}, r"\(0, 1\]"),
         ("sr", {"scale": 2, "kernel": "K13"}, "K1..K12"),
         ("sr", {}, "pass scale"),
-        ("cassi", {}, "'cs' and 'sr' only"),
+        ("cassi", {}, "pass bands"),
+        ("cs", {"ratio": 0.25, "scale": 2}, "not named by"),
+        ("inpainting", {"missing": 0.705}, "whole percentage"),
+        ("mri", {"ratio": 0.25}, "task must be one of"),
     ],
 )
 def test_adapter_set_name_errors(task: str, kwargs: dict, message: str) -> None:

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel
 
 from .base import DenoiserConfig, DenoiserPreTrainedModel, count_parameters, denoiser_from_config
 from .cppnet import CPPNetConfig, CPPNetDenoiser
+from .families import DENOISER_FAMILIES, build_denoiser
 from .resunet import ResUNetConfig, ResUNetDenoiser
 from .ssr import SSRConfig, SSRDenoiser
 from .transformer import TransformerConfig, TransformerDenoiser
@@ -29,6 +30,7 @@ for _config, _model in (
 __all__ = [
     "CPPNetConfig",
     "CPPNetDenoiser",
+    "DENOISER_FAMILIES",
     "DenoiserConfig",
     "DenoiserPreTrainedModel",
     "ResUNetConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "SSRDenoiser",
     "TransformerConfig",
     "TransformerDenoiser",
+    "build_denoiser",
     "UNetConfig",
     "UNetDenoiser",
     "count_parameters",

@@ -8,7 +8,6 @@ and a PNG plot. :func:`reconstruct_real_cassi` restores real CASSI measurements.
 
 from .report import EvaluationReport, ItemResult, write_atomic
 from .runner import (
-    PROTOCOLS,
     evaluate_folder,
     evaluate_items,
     load_test_items,
@@ -19,7 +18,6 @@ from .runner import (
 )
 
 __all__ = [
-    "PROTOCOLS",
     "EvaluationReport",
     "ItemResult",
     "evaluate_folder",

@@ -11,7 +11,6 @@ images (synthetic cubes and mask for CASSI).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,8 @@ from typing import Any
 
 import torch
 
-from lorun_peft.data.tasks import (
-    DEFAULT_MASK,
-    DEFAULT_TEST_DATA,
-    SMOKE_MASK_SIZE,
-    default_data_dir,
-    smoke_items,
-    synthetic_mask,
-)
+from lorun_peft.tasks import default_data_dir, get_task
+from lorun_peft.tasks.cassi import DEFAULT_MASK, SMOKE_MASK_SIZE, synthetic_mask
 
 from .report import EvaluationReport
 from .runner import evaluate_items, load_test_items, reconstruct_real_cassi, task_of
@@ -134,24 +127,26 @@ def _mask(args: EvaluateArguments, model: Any, items: list) -> torch.Tensor | No
 
 
 def _items(args: EvaluateArguments, task: str, bands: int) -> tuple[list, str]:
+    spec = get_task(task)
     if args.test_data is not None:
         return load_test_items(task, args.test_data, bands=bands, max_items=args.max_images), args.test_data
     root = _data_root(args)
-    if root is not None and (root / DEFAULT_TEST_DATA[task]).exists():
-        source = root / DEFAULT_TEST_DATA[task]
+    if root is not None and spec.test_data and (root / spec.test_data).exists():
+        source = root / spec.test_data
         return load_test_items(task, source, bands=bands, max_items=args.max_images), str(source)
     if args.smoke:
-        size = SMOKE_MASK_SIZE
-        return smoke_items(task, bands, size=size, count=args.max_images or 2), "shipped sample images"
+        task_args = spec.arguments(bands=bands) if hasattr(spec.arguments, "bands") else None
+        items = spec.smoke_items(task_args, size=SMOKE_MASK_SIZE, count=args.max_images or 2)
+        return items, "shipped sample images"
     raise FileNotFoundError(
-        f"no test data: {DEFAULT_TEST_DATA[task]} not found under --data_dir or <repo>/../shared/data; "
+        f"no test data: {spec.test_data} not found under --data_dir or <repo>/../shared/data; "
         "pass --test_data FOLDER (or --smoke)"
     )
 
 
 def run_evaluation(args: EvaluateArguments) -> EvaluationReport | list[Path]:
     """Evaluate (or, with ``--real_cassi``, reconstruct) and write everything into ``--output_dir``."""
-    from lorun_peft.physics import load_cassi_mask
+    from lorun_peft.physics import CASSI, load_cassi_mask
 
     model = load_model(args)
     task = task_of(model)
@@ -168,7 +163,7 @@ def run_evaluation(args: EvaluateArguments) -> EvaluationReport | list[Path]:
         print(f"reconstructed {len(written) // 2} real measurement(s) into {output_dir}")
         return written
     items, source = _items(args, task, bands)
-    mask = _mask(args, model, items) if task == "cassi" else None
+    mask = _mask(args, model, items) if isinstance(model.physics, CASSI) else None
     report = evaluate_items(
         model,
         task,
@@ -190,15 +185,13 @@ def run_evaluation(args: EvaluateArguments) -> EvaluationReport | list[Path]:
     return report
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keep the description's line breaks and show defaults."""
-
-
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Parse ``argv`` and run; 0 on success, 2 with one ``error:`` line on bad input."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(EvaluateArguments, description=description, formatter_class=_HelpFormatter)
+    from lorun_peft.help import HelpFormatter
+
+    parser = HfArgumentParser(EvaluateArguments, description=description, formatter_class=HelpFormatter)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     try:
         run_evaluation(args)

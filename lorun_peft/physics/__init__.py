@@ -9,6 +9,7 @@ from .base import PHYSICS_REGISTRY, LinearOperator, as_batch_scalar, physics_fro
 from .cassi import CASSI, load_cassi_mask, load_cassi_measurement
 from .cs import ISTA_NET_NUM_ROWS, BlockCS, derive_sampling_matrix, load_ista_net_matrix, num_measurements
 from .denoising import Denoising
+from .inpainting import INPAINTING_FACTORY, PixelInpainting, pixel_inpainting
 from .io import load_mat_array, load_mat_variables
 from .kernels import (
     KERNELS_12_NAMES,
@@ -39,6 +40,9 @@ __all__ = [
     "derive_sampling_matrix",
     "BlurDownsample",
     "Denoising",
+    "INPAINTING_FACTORY",
+    "PixelInpainting",
+    "pixel_inpainting",
     "LinearOperator",
     "OPERATOR_FACTORIES",
     "WrappedOperator",

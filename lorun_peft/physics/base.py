@@ -218,6 +218,16 @@ class LinearOperator(nn.Module):
         """Build the operator's structure from ``get_config()`` minus ``"type"``; tensors load after."""
         return cls(**config)
 
+    def to_deepinv(self, **kwargs: Any) -> Any:
+        """This operator as a ``deepinv.physics.LinearPhysics`` (``pip install lorun-peft[deepinv]``).
+
+        DeepInverse's algorithms, ``Trainer`` and tools then run on it; its ``prox_l2(z, y, gamma)`` is
+        :meth:`hqs_step` with ``mu = 1 / gamma``. See :func:`lorun_peft.physics.deepinv.to_deepinv`.
+        """
+        from .deepinv import to_deepinv  # deepinv is optional: imported on first use only
+
+        return to_deepinv(self, **kwargs)
+
 
 PHYSICS_REGISTRY: dict[str, type[LinearOperator]] = {}
 

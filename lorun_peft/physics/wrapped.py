@@ -14,6 +14,7 @@ object is an ``nn.Module``.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +63,13 @@ def register_operator_factory(name: str, factory: Callable[..., Any] | None = No
 
 
 def _registered_factory(name: Any) -> Callable[..., Any]:
-    """The factory registered under ``name``; a ``ValueError`` saying how to register it otherwise."""
+    """The factory registered under ``name``; a ``ValueError`` saying how to register it otherwise.
+
+    ``deepinv.*`` names are registered by :mod:`lorun_peft.physics.deepinv`, imported here on first need
+    (a fixed module of this package: nothing a config names is ever imported).
+    """
+    if isinstance(name, str) and name.startswith("deepinv.") and name not in OPERATOR_FACTORIES:
+        importlib.import_module(f"{__package__}.deepinv")  # registers the deepinv.* factories
     if name not in OPERATOR_FACTORIES:
         raise ValueError(
             f"operator factory {name!r} is not registered in this process: call "
@@ -148,6 +155,12 @@ class WrappedOperator(LinearOperator):
         self.check_measurement(y)
         return self.operator.A_adjoint(y)
 
+    def init(self, y: Tensor) -> Tensor:
+        """The object's own ``init(y)`` when it has one (a better first estimate), else ``A^T y``."""
+        self.check_measurement(y)
+        own = getattr(self.operator, "init", None)
+        return own(y) if callable(own) else self.operator.A_adjoint(y)
+
     def hqs_step(self, z: Tensor, y: Tensor, mu: Scalar) -> Tensor:
         """``(A^T A + mu I)^-1 (A^T y + mu z)``: the object's ``prox_l2(z, y, 1/mu)``, else CG from ``z``."""
         check_step_size("mu", mu, like=z)
@@ -226,7 +239,7 @@ class WrappedOperator(LinearOperator):
         for module in self.modules():
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.is_complex():
-                    module._buffers[name] = torch.view_as_real(buffer)
+                    module._buffers[name] = torch.view_as_real(buffer.resolve_conj())  # torch.conj views
                     moved.append((module, name))
         try:
             return super()._apply(fn, recurse)

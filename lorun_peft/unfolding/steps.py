@@ -111,6 +111,18 @@ class TaskParameters(nn.Module):
         self.physics = physics
         self.steps = steps
 
+    @contextlib.contextmanager
+    def swapped_physics(self, physics: LinearOperator) -> Iterator[LinearOperator]:
+        """Context: use ``physics`` (e.g. a mask that fits a test item), and put the original back on exit."""
+        if not isinstance(physics, LinearOperator):
+            raise TypeError(f"physics must be a lorun_peft LinearOperator, got {type(physics).__name__}")
+        original = self.physics
+        self.physics = physics
+        try:
+            yield physics
+        finally:
+            self.physics = original
+
     def initial_estimate(self, y: Tensor) -> Tensor:
         """``x_0 = physics.init(y)``, in full precision (see :meth:`data_step`)."""
         with physics_in_fp32(y):

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from lorun_peft.pretrained import KERNELS_FILE, save_pretrained_assets
+from lorun_peft.tasks import task_names
 from lorun_peft.unfolding import LoRunModel
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("task", choices=["cs", "sr", "cassi"])
+    parser.add_argument("task", choices=task_names())
     parser.add_argument("backbone")
     parser.add_argument("sets", nargs="+", help="adapter set folders (each holds adapter_set.json)")
     parser.add_argument("--manifest-extra", help="JSON file merged into manifest.json")

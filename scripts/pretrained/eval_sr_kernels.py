@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lorun_peft.data.tasks import load_sr_kernels
 from lorun_peft.evaluation import evaluate_items, load_test_items
 from lorun_peft.evaluation.report import write_atomic
+from lorun_peft.tasks import load_sr_kernels
 from lorun_peft.unfolding import LoRunModel
 
 

@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from lorun_peft.data.kernel_draws import RandomKernels
-from lorun_peft.data.tasks import (
-    TaskArguments,
-    build_denoiser,
-    build_physics,
-    build_physics_sampler,
-    default_set_name,
-)
+from lorun_peft.denoisers import build_denoiser
 from lorun_peft.physics import BlurDownsample, synthetic_kernels_12
+from lorun_peft.tasks import SRArguments, get_task
 from lorun_peft.training import UnfoldingTrainingConfig, train
 from lorun_peft.training.loop import derive_seed
 from lorun_peft.unfolding import LoRunModel
@@ -60,13 +55,14 @@ def _write_kernels_mat(path, kernels: torch.Tensor) -> None:
 
 def test_kernel_all_builds_a_sampler_and_an_all_kernel_set_name(monkeypatch, tmp_path):
     monkeypatch.setenv("LORUN_DATA_DIR", str(tmp_path))  # no kernels_12.mat there: synthetic stand-ins
-    task_args = TaskArguments(kernel="all", scale=3)
-    physics, text = build_physics("sr", task_args, 48, smoke=True)
+    sr = get_task("sr")
+    task_args = SRArguments(kernel="all", scale=3)
+    physics, text = sr.build_physics(task_args, 48, smoke=True)
     assert "drawn per batch" in text and torch.equal(physics.kernel, synthetic_kernels_12()[0])
-    assert isinstance(build_physics_sampler("sr", task_args, 48, smoke=True), RandomKernels)
-    assert build_physics_sampler("sr", TaskArguments(kernel="K2"), 48) is None
-    assert default_set_name("sr", task_args) == "x3"
-    assert default_set_name("sr", TaskArguments(kernel="K2", scale=3)) == "x3-k2"
+    assert isinstance(sr.physics_sampler(task_args, 48, smoke=True), RandomKernels)
+    assert sr.physics_sampler(SRArguments(kernel="K2"), 48) is None
+    assert sr.set_name(task_args) == "x3"
+    assert sr.set_name(SRArguments(kernel="K2", scale=3)) == "x3-k2"
 
 
 def test_training_measures_each_step_with_the_drawn_kernel(tmp_path):
@@ -94,13 +90,13 @@ def test_training_measures_each_step_with_the_drawn_kernel(tmp_path):
 def test_kernels_come_from_data_dir_and_are_never_silently_synthetic(monkeypatch, tmp_path):
     monkeypatch.setenv("LORUN_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="kernels_12.mat not found.*--kernels_file"):
-        build_physics("sr", TaskArguments(kernel="all"), 48)
+        get_task("sr").build_physics(SRArguments(kernel="all"), 48)
     with pytest.raises(FileNotFoundError, match="kernels_12.mat not found"):
-        build_physics("sr", TaskArguments(kernel="K5"), 48)
+        get_task("sr").build_physics(SRArguments(kernel="K5"), 48)
     kernels = synthetic_kernels_12().flip(0).contiguous()  # not the stand-ins' order: really read from file
     _write_kernels_mat(tmp_path / "data" / "kernels" / "kernels_12.mat", kernels)
-    physics, text = build_physics("sr", TaskArguments(kernel="K5"), 48, data_dir=tmp_path / "data")
+    physics, text = get_task("sr").build_physics(SRArguments(kernel="K5"), 48, data_dir=tmp_path / "data")
     assert str(tmp_path / "data") in text
     torch.testing.assert_close(physics.kernel, kernels[4])
-    sampler = build_physics_sampler("sr", TaskArguments(kernel="all"), 48, data_dir=tmp_path / "data")
+    sampler = get_task("sr").physics_sampler(SRArguments(kernel="all"), 48, data_dir=tmp_path / "data")
     torch.testing.assert_close(sampler.kernels, kernels)

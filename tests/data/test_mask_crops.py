@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorun_peft.data import RandomMaskCrops
-from lorun_peft.data.tasks import build_denoiser
+from lorun_peft.denoisers import build_denoiser
 from lorun_peft.physics import CASSI
 from lorun_peft.training import UnfoldingTrainingConfig, train
 from lorun_peft.training.loop import derive_seed
@@ -101,13 +101,13 @@ def test_train_draws_a_new_rank_independent_crop_every_step(tmp_path):
 
 
 def test_cassi_training_runs_use_per_batch_crops_when_the_mask_is_larger(tmp_path, monkeypatch):
-    from lorun_peft.data.tasks import TaskArguments, build_physics, build_physics_sampler
+    from lorun_peft.tasks import CASSIArguments, SRArguments, get_task
 
     monkeypatch.setenv("LORUN_DATA_DIR", str(tmp_path))
-    task_args = TaskArguments(bands=4)
-    sampler = build_physics_sampler("cassi", task_args, 32, smoke=True)
+    task_args, cassi = CASSIArguments(bands=4), get_task("cassi")
+    sampler = cassi.physics_sampler(task_args, 32, smoke=True)
     assert isinstance(sampler, RandomMaskCrops) and sampler.mask.shape == (64, 64) and sampler.size == 32
-    assert build_physics_sampler("cassi", task_args, 64, smoke=True) is None  # patch = mask: nothing to draw
-    assert build_physics_sampler("sr", task_args, 32, smoke=True) is None
-    _, text = build_physics("cassi", task_args, 32, smoke=True)
+    assert cassi.physics_sampler(task_args, 64, smoke=True) is None  # patch = mask: nothing to draw
+    assert get_task("sr").physics_sampler(SRArguments(), 32, smoke=True) is None
+    _, text = cassi.build_physics(task_args, 32, smoke=True)
     assert "a new random 32x32 crop per batch" in text

@@ -15,7 +15,8 @@ from lorun_peft.data.spectral import (
     SpectralLift,
     rgb_response,
 )
-from lorun_peft.data.tasks import DataArguments, TaskArguments, build_train_source
+from lorun_peft.recipes import DataArguments, training_data
+from lorun_peft.tasks import CASSIArguments, get_task
 
 torch.set_num_threads(1)
 BANDS = len(KAIST_WAVELENGTHS_28)
@@ -109,16 +110,14 @@ def test_train_source_adds_lifted_rgb_and_band_gain(tmp_path):
         Image.fromarray((np.random.default_rng(index).random((40, 40, 3)) * 255).astype("uint8")).save(
             images / f"{index}.png"
         )
-    data = DataArguments(
-        train_data=str(tmp_path / "scene.npz"), patch_size=16, rgb_lift_data=str(images), band_gain=0.2
-    )
-    source, text = build_train_source("cassi", TaskArguments(bands=BANDS), data)
+    data = DataArguments(train_data=str(tmp_path / "scene.npz"), patch_size=16)
+    task_args = CASSIArguments(bands=BANDS, rgb_lift_data=str(images), band_gain=0.2)
+    source, text = training_data(get_task("cassi"), task_args, data)
     assert isinstance(source, BandGainAugment) and isinstance(source.patches, MixedPatches)
     assert "lifted to 28 bands" in text and "band-wise brightness" in text
     assert source[0].shape == (BANDS, 16, 16)
-    missing = DataArguments(train_data=str(tmp_path / "scene.npz"), patch_size=16, rgb_lift_data="nope")
     with pytest.raises(FileNotFoundError, match="rgb_lift_data"):
-        build_train_source("cassi", TaskArguments(bands=BANDS), missing)
+        training_data(get_task("cassi"), CASSIArguments(bands=BANDS, rgb_lift_data="nope"), data)
 
 
 def test_cassi_trains_on_stuffed_toys_only_by_default(tmp_path):
@@ -131,8 +130,8 @@ def test_cassi_trains_on_stuffed_toys_only_by_default(tmp_path):
         np.savez(
             cubes / f"{name}.npz", cube=np.random.default_rng(0).random((20, 20, BANDS)).astype("float32")
         )
-    source, text = build_train_source(
-        "cassi", TaskArguments(bands=BANDS), DataArguments(data_dir=str(tmp_path), patch_size=8)
+    source, text = training_data(
+        get_task("cassi"), CASSIArguments(bands=BANDS), DataArguments(data_dir=str(tmp_path), patch_size=8)
     )
     assert "stuffed_toys.npz" in text and "cloth" not in text
     assert len(source.cubes) == 1

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lorun_peft import metrics
-from lorun_peft.data.tasks import build_denoiser, synthetic_cube
+from lorun_peft.denoisers import build_denoiser
 from lorun_peft.evaluation import (
     EvaluationReport,
     ItemResult,
@@ -23,6 +23,7 @@ from lorun_peft.evaluation import (
 )
 from lorun_peft.figures import cassi_to_rgb
 from lorun_peft.physics import CASSI, BlockCS, BlurDownsample, gaussian_kernel
+from lorun_peft.tasks import synthetic_cube
 from lorun_peft.unfolding import LoRunModel
 
 

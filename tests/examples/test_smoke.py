@@ -244,7 +244,7 @@ def test_cs_phase2_at_a_new_ratio_starts_phi_from_the_backbone(tmp_path, capsys)
 
 
 def test_scripts_default_to_the_measured_fastest_precision_and_layout():
-    from lorun_peft.data.tasks import SCRIPT_TRAINING_DEFAULTS, parse_training_args
+    from lorun_peft.recipes import SCRIPT_TRAINING_DEFAULTS, parse_training_args
 
     *_, training = parse_training_args("cs", ["--output_dir", "x"])
     assert (training.mixed_precision, training.channels_last) == ("auto", True)
@@ -287,7 +287,7 @@ def test_warm_start_continues_a_saved_backbone_with_a_new_schedule(tmp_path, cap
 
 
 def test_scripts_checkpoint_every_500_steps_by_default():
-    from lorun_peft.data.tasks import parse_training_args
+    from lorun_peft.recipes import parse_training_args
 
     *_, training = parse_training_args("cs", [])
     assert training.checkpoint_every == 500 and training.mixed_precision == "auto"
