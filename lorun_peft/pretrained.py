@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from lorun_peft.hub import SHIPPED_ADAPTERS_DIR
 from lorun_peft.integrity import add_backbone_checksums
-from lorun_peft.io import replace_folder
+from lorun_peft.io import replace_folder, write_atomic
 from lorun_peft.tasks import get_task, task_names
 from lorun_peft.tuners import record_set_checksums
+from lorun_peft.tuners.adapter_set import SET_FILE
 
 if TYPE_CHECKING:
     from lorun_peft.unfolding import LoRunModel
@@ -60,8 +62,7 @@ KERNELS_FILE = "kernels_12.safetensors"
 BACKBONE_DIR = "backbone"
 ADAPTERS_DIR = SHIPPED_ADAPTERS_DIR  # <task>/adapters/: bare set names resolve there (lorun_peft.hub)
 MANIFEST = "manifest.json"
-_SET_FILE = "adapter_set.json"
-_BACKBONE_FILES = ("config.json", "model.safetensors")
+_BACKBONE_FILES = (CONFIG_NAME, SAFE_WEIGHTS_NAME)
 
 
 def pretrained_root(root: str | os.PathLike | None = None) -> Path:
@@ -83,7 +84,7 @@ def _installed(task_dir: Path) -> bool:
 
 
 def _sets_in(folder: Path) -> list[str]:
-    return sorted(p.parent.name for p in folder.glob(f"*/{_SET_FILE}")) if folder.is_dir() else []
+    return sorted(p.parent.name for p in folder.glob(f"*/{SET_FILE}")) if folder.is_dir() else []
 
 
 def list_pretrained(root: str | os.PathLike | None = None) -> dict[str, list[str]]:
@@ -101,8 +102,8 @@ def pretrained_dir(task: str, root: str | os.PathLike | None = None) -> Path:
     if not _installed(task_dir):
         installed = sorted(list_pretrained(root))
         raise FileNotFoundError(
-            f"pretrained {task!r} is not installed at {task_dir} (expected {BACKBONE_DIR}/config.json and "
-            f"{BACKBONE_DIR}/model.safetensors there; installed: {installed or 'none'}); set "
+            f"pretrained {task!r} is not installed at {task_dir} (expected {BACKBONE_DIR}/{CONFIG_NAME} and "
+            f"{BACKBONE_DIR}/{SAFE_WEIGHTS_NAME} there; installed: {installed or 'none'}); set "
             f"{PRETRAINED_ENV} (lorun: --pretrained-dir) or pass root=, or use your own model "
             "(--backbone/--adapters)"
         )
@@ -152,8 +153,8 @@ def load_model(
 
     backbone = hub.shipped_copy(backbone, revision) or backbone  # lorun-peft/<task>-backbone
     local = Path(backbone).expanduser()
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"backbone folder {local} has no config.json (expected a saved LoRunModel)")
+    if local.is_dir() and not (local / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"backbone folder {local} has no {CONFIG_NAME} (expected a saved LoRunModel)")
     if not local.exists() and not hub.is_hub_id(backbone):
         raise FileNotFoundError(
             f"backbone {str(backbone)!r} is neither a local folder nor a Hub id 'owner/name'"
@@ -167,14 +168,14 @@ def load_model(
         return model.eval()
     adapters = hub.shipped_copy(adapters, revision) or adapters  # lorun-peft/<task>-adapters
     path = Path(adapters).expanduser()
-    if path.is_dir() and (path / _SET_FILE).is_file():
+    if path.is_dir() and (path / SET_FILE).is_file():
         name = model.load_adapter(path)
         if adapter_set is not None and name != adapter_set:
             raise ValueError(f"{path} holds adapter set {name!r}, not {adapter_set!r}")
         return model.eval()
     names = hub.list_adapter_sets(adapters, revision=revision)
     if not names:
-        raise FileNotFoundError(f"no adapter sets (folders with {_SET_FILE}) in {adapters}")
+        raise FileNotFoundError(f"no adapter sets (folders with {SET_FILE}) in {adapters}")
     if adapter_set is not None and adapter_set not in names:
         raise ValueError(f"adapter set {adapter_set!r} is not in {adapters}; available: {', '.join(names)}")
     for name in names:
@@ -242,9 +243,7 @@ def cast_safetensors_file(path: str | os.PathLike, dtype: torch.dtype) -> None:
         metadata = handle.metadata()
     tensors = load_file(str(path))
     cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(cast, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_atomic(path, save(cast, metadata=metadata))
 
 
 def write_asset_cards(

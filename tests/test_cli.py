@@ -429,6 +429,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(
 ) -> None:
     """Bad input: one line, exit 2; any other error: one line, exit 1; --debug or LORUN_DEBUG=1 re-raise."""
     import lorun_peft.cli as cli
+    import lorun_peft.cli.info as cli_info
 
     backbone = assets / "cs" / "backbone"
     damaged = tmp_path / "damaged_backbone"
@@ -448,7 +449,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(
     def boom(args):
         raise RuntimeError("an internal failure")
 
-    monkeypatch.setattr(cli, "run_info", boom)  # build_parser binds it when main() runs
+    monkeypatch.setattr(cli_info, "run_info", boom)  # build_parser binds it when main() runs
     assert main(["info"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [

@@ -301,10 +301,10 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``files/nope`` (no such folder, not cached, Hub off): one line, no transformers retries."""
-    import lorun_peft.hub as hub
+    import lorun_peft.hub.files as hub_files
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hub, "is_offline", lambda: True)
+    monkeypatch.setattr(hub_files, "is_offline", lambda: True)  # check_backbone_reachable's
     with pytest.raises(
         FileNotFoundError, match="'files/nope' is not a local folder .* not in the local Hub cache"
     ):
@@ -335,8 +335,9 @@ def test_shipped_hub_ids_resolve_to_the_package_copy_offline(monkeypatch: pytest
     """The README's first lines: lorun-peft/<task>-backbone, then a set name or lorun-peft/<task>-adapters."""
     import lorun_peft
     import lorun_peft.hub as hub
+    import lorun_peft.hub.files as hub_files
 
-    monkeypatch.setattr(hub, "is_offline", lambda: True)
+    monkeypatch.setattr(hub_files, "is_offline", lambda: True)  # shipped_copy's
     shipped = Path(lorun_peft.__file__).parent / "assets" / "pretrained"
     assert hub.shipped_copy("lorun-peft/cs-backbone") == shipped / "cs" / "backbone"
     assert hub.shipped_copy("lorun-peft/sr-adapters") == shipped / "sr" / "adapters"

@@ -88,16 +88,22 @@ class EvaluateArguments:
 
 
 def load_model(args: EvaluateArguments) -> Any:
-    """The backbone, with ``--adapter_set`` loaded and active, in eval mode on ``--device``."""
-    from lorun_peft.unfolding import LoRunModel
+    """The backbone, with ``--adapter_set`` loaded and active, in eval mode on ``--device``.
 
-    model = LoRunModel.from_pretrained(args.backbone)
-    if args.adapter_set is not None:
-        model.load_adapter(args.adapter_set, args.adapter_set_name)
-    elif args.adapter_set_name is not None:
+    Loaded by :func:`lorun_peft.pretrained.load_model`, as ``lorun`` loads a model. With
+    ``--adapter_set_name``, ``--adapter_set`` is the folder or Hub repo holding that set; alone, it is one
+    set: a set folder, or a set's name beside the backbone.
+    """
+    from lorun_peft import pretrained
+
+    if args.adapter_set_name is not None and args.adapter_set is None:
         raise ValueError("--adapter_set_name needs --adapter_set (the folder or Hub repo holding the set)")
+    if args.adapter_set_name is not None:
+        model = pretrained.load_model(args.backbone, args.adapter_set, args.adapter_set_name)
+    else:
+        model = pretrained.load_model(args.backbone, None, args.adapter_set)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+    return model.to(device)
 
 
 def _data_root(args: EvaluateArguments) -> Path | None:

@@ -105,6 +105,13 @@ class PixelInpainting(nn.Module):
             raise ValueError(f"{what} has {t.shape[1]} channels, the inpainting mask {mask.shape[1]}")
         return mask.to(dtype=t.dtype)
 
+    def check_measurement(self, y: Tensor) -> None:
+        """A measurement is an image with its missing pixels zeroed: ``(B, C, H, W)``."""
+        if y.ndim != 4 or 0 in y.shape:
+            raise ValueError(
+                f"measurement has shape {tuple(y.shape)}; expected (B, C, H, W) with every axis >= 1"
+            )
+
     def A(self, x: Tensor) -> Tensor:
         return self._mask_for(x, "image") * x
 

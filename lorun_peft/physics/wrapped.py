@@ -194,8 +194,13 @@ class WrappedOperator(LinearOperator):
             return torch.zeros(tuple(shape), dtype=dtype, device=device)
 
     def check_measurement(self, y: Tensor) -> None:
-        """A floating tensor with a batch axis and no empty axis; its layout is the wrapped object's."""
+        """The object's own ``check_measurement(y)`` when it has one, else: a floating tensor with a batch
+        axis and no empty axis (its layout is the wrapped object's)."""
         check_float_tensor(y, "measurement")
+        own = getattr(self.operator, "check_measurement", None)
+        if callable(own):
+            own(y)
+            return
         if y.ndim < 2 or 0 in y.shape:
             raise ValueError(
                 f"measurement has shape {tuple(y.shape)}; expected (B, ...) with every axis >= 1"

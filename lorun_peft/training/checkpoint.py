@@ -34,6 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lorun_peft.io import write_atomic
+
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 TRASH_PREFIX = ".trash-" + CHECKPOINT_PREFIX
@@ -215,12 +217,13 @@ def write_checkpoint_files(
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write ``payload`` atomically and flush it to disk before the folder can be published."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def publish_checkpoint(tmp_dir: Path, final_dir: Path) -> None:

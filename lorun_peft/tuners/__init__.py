@@ -2,26 +2,25 @@
 
 ``StageLoRAConfig`` (eq. 12 ranks, paper/PEFT conv layouts) registers the StageLoRA layers with PEFT,
 ``add_stage_adapters`` injects K stage adapters into a denoiser, ``with stage(model, k):`` activates
-adapter k without touching ``requires_grad``, adapter sets are saved/loaded/switched as task modes, and
-``parameter_report`` separates base, adapter and task parameters. See docs/stage_lora.md.
+adapter k without touching ``requires_grad``, adapter sets are switched (``injection``) and saved/loaded
+(``adapter_set``) as task modes, and ``parameter_report`` separates base, adapter and task parameters.
+See docs/stage_lora.md.
 """
 
 from .accounting import ParameterCount, ParameterReport, parameter_report
-from .adapter_set import (
+from .adapter_set import load_adapter_set, record_set_checksums, save_adapter_set
+from .config import CONV_LAYOUTS, StageLoRAConfig, stage_rank
+from .fingerprint import base_fingerprint
+from .injection import (
     AdapterSetError,
     LoadedAdapterSet,
     add_stage_adapters,
-    base_fingerprint,
     delete_adapter_set,
     list_adapter_sets,
-    load_adapter_set,
-    record_set_checksums,
-    save_adapter_set,
     set_adapter_set,
     stage_adapter_name,
     validate_set_name,
 )
-from .config import CONV_LAYOUTS, StageLoRAConfig, stage_rank
 from .layers import (
     MERGE_MODES,
     STAGE_LORA_LAYERS,

@@ -2,7 +2,9 @@
 
 :class:`LoRunModel` (``model_type="lorun"``, registered with ``AutoConfig``/``AutoModel`` on import)
 runs K stages of data step + denoiser on a measurement; :class:`LoRunConfig` describes its backbone.
-See docs/unfolding.md.
+Modules: ``model`` (the network, restore, backbone save/load), ``adapter_sets`` (its adapter-set
+methods, a mixin), ``backbone_io`` and ``inputs`` (the checks around loading and around forward's
+inputs), ``steps`` (step and task parameters), ``tiling`` (tiled restore). See docs/unfolding.md.
 """
 
 from transformers import AutoConfig, AutoModel

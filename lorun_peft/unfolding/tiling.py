@@ -11,9 +11,13 @@ result differs from the whole-image one only near window borders, by less the la
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lorun_peft.physics import LinearOperator
 
 
 def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -58,3 +62,22 @@ def restore_in_tiles(
                 ..., rows, cols
             ]
     return image
+
+
+def tile_cells(physics: LinearOperator, tile_size: int, tile_overlap: int | None) -> tuple[int, int, int]:
+    """``(grid_factor, tile, overlap)`` in measurement cells for ``restore(tile_size=, tile_overlap=)``.
+
+    Sizes are image pixels: the tile is rounded down and the halo (default a quarter of the tile) up to
+    whole cells of ``physics.grid_factor``. An operator without one does not act locally: ``ValueError``.
+    """
+    factor = physics.grid_factor
+    if factor is None:
+        raise ValueError(
+            f"tiled restore needs an operator that acts locally on a grid; {type(physics).__name__} "
+            "does not (its grid_factor is None): call restore() without tile_size"
+        )
+    overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+    for name, value, least in (("tile_size", tile_size, factor), ("tile_overlap", overlap, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least} (pixels), got {value!r}")
+    return factor, tile_size // factor, -(-overlap // factor)

@@ -327,11 +327,11 @@ def test_help_lists_only_the_scripts_own_task_options(script, shown, hidden, cap
 )
 def test_push_to_hub_fails_before_training(tmp_path, monkeypatch, capsys, env, extra, message):
     """A push that cannot start is one line and exit 2 in the first second, before any training step."""
-    import lorun_peft.hub as hub
+    import lorun_peft.hub.files as hub_files
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(hub, "is_offline", lambda: env.get("HF_HUB_OFFLINE") == "1")
+    monkeypatch.setattr(hub_files, "is_offline", lambda: env.get("HF_HUB_OFFLINE") == "1")
     out = tmp_path / "o"
     argv = ["--smoke", "--push_to_hub", *extra, "--output_dir", str(out)]
     assert _script("train_cs")(argv) == 2
@@ -342,9 +342,9 @@ def test_push_to_hub_fails_before_training(tmp_path, monkeypatch, capsys, env, e
 def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    import lorun_peft.hub as hub
+    import lorun_peft.hub.files as hub_files
 
-    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    monkeypatch.setattr(hub_files, "is_offline", lambda: False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     out = tmp_path / "o"
     assert (

@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
 
 import lorun_peft.tuners.adapter_set as adapter_set_module
+import lorun_peft.tuners.injection as injection_module
 from lorun_peft.tuners import (
     StageLoRAConfig,
     active_adapter_set,
@@ -211,7 +212,7 @@ def test_failure_while_injecting_is_rolled_back(trained, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(adapter_set_module, "_copy_weights", boom)
+    monkeypatch.setattr(injection_module, "_copy_weights", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         load_adapter_set(target, path)
     assert_same(before, snapshot(target))
