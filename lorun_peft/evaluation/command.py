@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lorun_peft.tasks import default_data_dir, get_task
-from lorun_peft.tasks.cassi import DEFAULT_MASK, SMOKE_MASK_SIZE, synthetic_mask
+from lorun_peft.tasks.cassi_inputs import DEFAULT_MASK, SMOKE_MASK_SIZE, synthetic_mask
 
 from .report import EvaluationReport
 from .runner import evaluate_items, load_test_items, reconstruct_real_cassi, task_of

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from lorun_peft.tasks import Item, TaskSpec, get_task, task_for_physics
-from lorun_peft.tasks.cassi import real_measurement_scale
+from lorun_peft.tasks.cassi_inputs import real_measurement_scale
 
 from .report import EvaluationReport, ItemResult
 

@@ -6,18 +6,19 @@ decides what "the stage's denoiser" is: ``block`` has K independent denoisers (B
 runs one denoiser at every stage (Block-K-share, LoRun's phase 1), and ``lorun`` runs the frozen
 shared denoiser with stage ``k``'s LoRA adapter active (phase 2), through ``lorun_peft.tuners``.
 
-This module holds the network: construction, forward, ``restore`` (whole or tiled), gradient
-checkpointing, the backbone's ``save_pretrained``/``from_pretrained`` (transformers', always the clean
-phase-1 weights, with the checks of :mod:`.backbone_io`) and the parameter report. Adapter sets (K stage
-adapters plus their own task parameters; ``add_stage_adapters``, ``save_adapter_set``, ``load_adapter``
-...) come from :class:`~.adapter_sets.AdapterSetMixin`; Hub references and pushes go through
+This module holds the network: construction, forward, the backbone's ``save_pretrained`` /
+``from_pretrained`` (transformers', always the clean phase-1 weights, with the checks of
+:mod:`.backbone_io`) and the parameter report. Adapter sets (K stage adapters plus their own task
+parameters: ``add_stage_adapters``, ``save_adapter_set``, ``load_adapter`` ...) come from
+:class:`~.adapter_sets.AdapterSetMixin`, ``restore`` (whole or tiled) from
+:class:`~.restoring.RestoreMixin`, stage-wise gradient checkpointing from
+:class:`~.checkpointing.StageCheckpointingMixin`; Hub references and pushes go through
 :mod:`lorun_peft.hub`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,18 +40,17 @@ from lorun_peft.pretrained_io import raise_on_loading_problems, save_atomically
 from lorun_peft.tuners import (
     ParameterReport,
     StageLoRALayer,
-    get_merge_mode,
     parameter_report,
-    set_merge_mode,
     stage,
 )
 
 from .adapter_sets import AdapterSetMixin
 from .backbone_io import _PUSH_KWARGS, _build_physics, _check_backbone_folder, _hub_kwargs, _loadable_source
+from .checkpointing import StageCheckpointingMixin
 from .config import LoRunConfig
-from .inputs import _check_autocast_dtype, _check_image_size, _crop, _validated_measurement
+from .inputs import _check_image_size, _crop
+from .restoring import RestoreMixin
 from .steps import StageSteps, TaskParameters, inverse_softplus
-from .tiling import restore_in_tiles, tile_cells
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LoRunOutput(ModelOutput):
     stages: tuple[Tensor, ...] | None = None
 
 
-class LoRunModel(AdapterSetMixin, PreTrainedModel):
+class LoRunModel(RestoreMixin, StageCheckpointingMixin, AdapterSetMixin, PreTrainedModel):
     """A K-stage unfolding network; see the module docstring and docs/unfolding.md.
 
     Submodules: ``denoisers`` (K denoisers in ``block`` mode, one otherwise), ``task`` (the phase-1
@@ -267,54 +267,6 @@ class LoRunModel(AdapterSetMixin, PreTrainedModel):
         """
         return self._denoise(k, task.data_step(k, x, y), sigma, adapter_set)
 
-    # ------------------------------------------------------------------ gradient checkpointing
-    def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, *, denoiser: bool = False
-    ) -> None:
-        """Recompute each stage in the backward pass instead of keeping its activations (training only).
-
-        Only the K stage inputs are kept; each stage's activations exist once, during its backward.
-        ``denoiser=True`` also recomputes inside the denoiser level by level (families with
-        ``supports_gradient_checkpointing``), for the smallest peak. ``gradient_checkpointing_kwargs``
-        go to ``torch.utils.checkpoint.checkpoint``; only the non-reentrant variant is supported (the
-        reentrant one loses the gradients of parameters that are not stage inputs: step sizes, Phi, LoRA).
-        """
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        if kwargs["use_reentrant"]:
-            raise ValueError(
-                "use_reentrant=True is not supported: reentrant checkpointing drops the gradients of step "
-                "sizes, a learned Phi and the LoRA factors; leave use_reentrant at False"
-            )
-        if denoiser:
-            unable = [type(d).__name__ for d in self.denoisers if not d.supports_gradient_checkpointing]
-            if unable:
-                raise ValueError(
-                    f"{unable[0]} cannot checkpoint inside the denoiser (no per-level recompute); use "
-                    "denoiser=False (stage checkpointing works with every denoiser)"
-                )
-        for module in self.denoisers:
-            if denoiser:
-                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            elif module.supports_gradient_checkpointing:
-                module.activation_checkpointing_disable()
-        self._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)
-        self.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        """Keep every stage's activations again (the default)."""
-        for module in self.denoisers:
-            if module.supports_gradient_checkpointing:
-                module.activation_checkpointing_disable()
-        self.gradient_checkpointing = False
-
-    activation_checkpointing_enable = gradient_checkpointing_enable
-    activation_checkpointing_disable = gradient_checkpointing_disable
-
-    @property
-    def checkpoints_denoiser(self) -> bool:
-        """Whether the denoiser recomputes level by level too (``..._enable(denoiser=True)``)."""
-        return any(getattr(m, "gradient_checkpointing", False) for d in self.denoisers for m in d.modules())
-
     def forward(
         self,
         measurement: Tensor,
@@ -362,81 +314,6 @@ class LoRunModel(AdapterSetMixin, PreTrainedModel):
             images=images,
             stages=tuple(_crop(s, image_size) for s in stages) if return_stages else None,
         )
-
-    # ------------------------------------------------------------------ restoration entry point
-    def restore(
-        self,
-        measurement: Tensor,
-        image_size: tuple[int, int] | None = None,
-        *,
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        autocast_dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        """Restore images from measurements: the user entry point.
-
-        Accepts one measurement or a batch (layout: the active physics' ``check_measurement``), checks
-        shape, dtype and finiteness, runs in eval mode under ``torch.inference_mode`` (no graph, no
-        stage outputs kept: memory is one stage's activations), in lorun mode with the K per-stage
-        weights materialised (the fastest merge mode), and puts back the previous train/eval and merge
-        modes afterwards. Returns ``(B, C, H, W)``, or ``(C, H, W)`` for a single measurement, on the
-        measurement's device and dtype.
-
-        ``tile_size``: restore in windows of about this many image pixels a side (rounded down to whole
-        measurement cells: blocks of block CS, low-resolution pixels of SR), each with a halo of
-        ``tile_overlap`` pixels (default: a quarter of the tile) that is computed and dropped, so peak
-        memory is that of one window (docs/inference.md). Only operators whose ``grid_factor`` is set
-        act locally enough for this (block CS, SR); others raise ``ValueError``.
-
-        ``autocast_dtype=torch.bfloat16`` (opt-in): run the denoisers under ``torch.autocast`` in bf16, the
-        physics staying fp32; refused where the device does not compute bf16 natively (CPUs without
-        AVX512-BF16/AMX emulate it far slower than fp32). Its accuracy cost is measured in
-        docs/inference.md.
-
-        ``image_size=(H, W)``: the size of the original image(s). A block-CS measurement does not record
-        it: images whose sides are not multiples of the block were zero-padded, and without
-        ``image_size`` the estimate of the padded grid ``(ceil(H/b)*b, ceil(W/b)*b)`` is returned (crop
-        it yourself, or pass ``image_size``). A size that cannot have produced the measurement raises
-        ``ValueError``. Other physics determine the size from the measurement.
-        """
-        y, batched = _validated_measurement(self.physics, measurement)
-        tiles = None if tile_size is None else tile_cells(self.physics, tile_size, tile_overlap)
-        reference = next(self.parameters())
-        _check_autocast_dtype(autocast_dtype, reference.device)
-        y = y.to(device=reference.device, dtype=reference.dtype)
-        was_training = self.training
-        lorun = self._active_set is not None and not self._adapters_disabled
-        previous_merge = get_merge_mode(self.denoisers[0]) if lorun else None
-        try:
-            self.eval()
-            if lorun:
-                set_merge_mode(self.denoisers[0], "materialized")
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    reference.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                ),
-            ):
-                if tiles is None:
-                    images = self(y, image_size=image_size).images
-                else:
-                    images = self._restore_tiled(y, image_size, *tiles)
-        finally:
-            if lorun:
-                set_merge_mode(self.denoisers[0], previous_merge)
-            self.train(was_training)
-        # a copy made outside inference mode is an ordinary tensor the caller may use with autograd
-        images = images.to(device=measurement.device, dtype=measurement.dtype).clone()
-        return images if batched else images[0]
-
-    def _restore_tiled(
-        self, y: Tensor, image_size: tuple[int, int] | None, factor: int, tile: int, overlap: int
-    ) -> Tensor:
-        image_shape = tuple(self.physics.image_shape(tuple(y.shape)))
-        if image_size is not None:
-            _check_image_size(self.physics, y, torch.empty(image_shape, device="meta"), image_size)
-        images = restore_in_tiles(lambda window: self(window).images, y, image_shape, factor, tile, overlap)
-        return _crop(images, image_size)
 
     # ------------------------------------------------------------------ Hub
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
