@@ -119,7 +119,7 @@ def test_float16_assets_record_the_digests_of_the_files_they_ship(tmp_path: Path
 
 def test_every_shipped_weight_file_matches_its_record() -> None:
     shipped = list_pretrained()
-    assert set(shipped) == {"cs", "sr", "cassi"}
+    assert set(shipped) == {"cs", "sr", "cassi", "inpainting"}
     for task, sets in shipped.items():
         folder = pretrained_dir(task)
         config = json.loads((folder / "backbone" / "config.json").read_text())

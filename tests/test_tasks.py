@@ -94,6 +94,7 @@ def _run(spec, task_args, model_args, output_dir) -> Any:
         output_dir=str(output_dir), max_steps=3, batch_size=2, show_progress=False, learning_rate=1e-3
     )
     set_name = start_run(spec, task_args, model_args, training)
+    torch.manual_seed(0)  # as the example recipes do
     physics, physics_text = spec.build_physics(task_args, data.patch_size)
     dataset, data_text = training_data(spec, task_args, data, smoke=True)
     model = build_model(spec, task_args, model_args, physics, set_name=set_name, seed=0)
@@ -120,7 +121,9 @@ def test_a_new_task_trains_saves_loads_evaluates_and_gets_a_card(dimming, tmp_pa
     items = dimming.smoke_items(None, size=24, count=2)
     report = evaluate_items(model, None, items)
     assert report.task == "dimming" and report.protocol == "toy: PSNR on [0, 1]"
-    assert all(item.psnr > 5 for item in report.items)
+    name, image = items[0]  # scored with the spec's protocol on the spec's measurement
+    expected, _ = dimming.score(model.restore(model.physics.measure(image[None])), image[None], model.physics)
+    assert report.items[0].name == name and report.items[0].psnr == pytest.approx(expected, abs=1e-3)
 
     card = write_model_card(tmp_path / "s", "me/dimming-adapters", base_model="me/dimming-backbone")
     assert "image-dimming" in card.read_text()

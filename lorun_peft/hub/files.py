@@ -77,7 +77,7 @@ def shipped_copy(reference: str | os.PathLike, revision: str | None = None) -> P
     then). Offline, or when the Hub cannot be reached or does not hold the repo, the shipped folder is
     returned: ``lorun_peft/assets/pretrained/<task>/backbone`` or ``.../<task>/adapters``.
     """
-    match = re.fullmatch(rf"{SHIPPED_HUB_OWNER}/(cs|sr|cassi)-(backbone|adapters)", str(reference))
+    match = re.fullmatch(rf"{SHIPPED_HUB_OWNER}/([a-z0-9_]+)-(backbone|adapters)", str(reference))
     if match is None or Path(str(reference)).expanduser().exists():
         return None
     task, part = match.groups()

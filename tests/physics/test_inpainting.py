@@ -116,3 +116,43 @@ def test_a_model_saves_and_loads_with_the_registered_factory(tmp_path):
         m.eval().physics.operator.set_mask(mask)
     y = model.physics.measure(torch.rand(1, 1, 16, 16))
     torch.testing.assert_close(loaded.restore(y), model.restore(y), rtol=1e-5, atol=1e-6)
+
+
+def test_pushes_both_parts_with_the_task_tag_and_loads_back_from_the_pushed_files(tmp_path, monkeypatch):
+    """The protocol operator goes to the Hub like the built-in ones: backbone and set, tagged inpainting."""
+    from fake_hub import FakeHub  # tests/ is on the path (tests/conftest.py)
+    from huggingface_hub import constants
+
+    from lorun_peft import StageLoRAConfig
+    from lorun_peft.denoisers import build_denoiser
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    fake = FakeHub(tmp_path / "downloads")
+    fake.install(monkeypatch)
+    torch.manual_seed(0)
+    model = LoRunModel.from_components(
+        pixel_inpainting(0.7), build_denoiser("unet", 1, 4, 2), num_stages=2, algorithm="hqs"
+    )
+    model.add_stage_adapters(
+        "missing-90", StageLoRAConfig(num_stages=2, gamma=50), physics=pixel_inpainting(0.9)
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.push_to_hub("me/inpainting-backbone")
+    model.push_adapter_set("me/inpainting-adapters", "missing-90", base_model="me/inpainting-backbone")
+    for repo in ("me/inpainting-backbone", "me/inpainting-adapters"):
+        meta, _ = fake.card(repo)
+        assert "image-inpainting" in meta["tags"], (repo, meta["tags"])
+    loaded = LoRunModel.from_pretrained(fake.checkout("me/inpainting-backbone", tmp_path / "b"))
+    loaded.load_adapter(fake.checkout("me/inpainting-adapters", tmp_path / "a"), "missing-90")
+    assert loaded.physics.get_config() == model.adapter_tasks["missing-90"].physics.get_config()
+    mask = loaded.physics.operator.draw_mask(16, 16, torch.Generator().manual_seed(0))
+    model.set_adapter_set("missing-90")
+    for m in (model, loaded):
+        m.eval().physics.operator.set_mask(mask)
+    y = model.physics.measure(torch.rand(1, 1, 16, 16))
+    torch.testing.assert_close(loaded.restore(y), model.restore(y), rtol=1e-5, atol=1e-6)
