@@ -17,6 +17,7 @@ See docs/tasks_cs.md.
 
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -42,6 +43,7 @@ def train_cs(task_args, data, model_args, training) -> TrainingSummary:
     started = time.perf_counter()
     spec = get_task(TASK)
     data, model_args, training = apply_smoke(spec, data, model_args, training)
+    training = replace(training, **spec.training_overrides(task_args))  # e.g. a denoising set's noise
     set_name = start_run(spec, task_args, model_args, training)  # one output folder per run
     torch.manual_seed(training.seed)
     where = {"smoke": model_args.smoke, "seed": training.seed, "data_dir": data.data_dir}

@@ -37,12 +37,23 @@ def _no_shared_data(tmp_path, monkeypatch):
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize(("task", "set_name"), [("cs", "ratio-25"), ("sr", "x2-k1"), ("cassi", "mask-28")])
+@pytest.mark.parametrize(
+    ("task", "set_name"),
+    [
+        ("cs", "ratio-25"),
+        ("sr", "x2-k1"),
+        ("cassi", "mask-28"),
+        ("inpainting", "missing-70"),
+        ("denoising", "sigma-25"),
+    ],
+)
 def test_smoke_both_phases_then_evaluate(task, set_name, tmp_path):
     train, evaluate = _script(f"train_{task}"), _script("evaluate")
     phase1, phase2, report = tmp_path / "phase1", tmp_path / "phase2", tmp_path / "eval"
     assert train(["--smoke", "--output_dir", str(phase1)]) == 0
     assert (phase1 / "config.json").is_file() and (phase1 / "model.safetensors").is_file()
+    if task == "denoising":  # the task mode fixes the training noise: sigma 25 on the 0-255 scale
+        assert json.loads((phase1 / "training_config.json").read_text())["noise_sigma"] == 25 / 255
     assert train(["--smoke", "--mode", "lorun", "--backbone", str(phase1), "--output_dir", str(phase2)]) == 0
     assert (phase2 / set_name / "adapter_set.json").is_file()
     summary = json.loads((phase2 / "run_summary.json").read_text())
