@@ -31,8 +31,22 @@ def _centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top : top + size, left : left + size].contiguous()
 
 
+def _checked_inputs(args: argparse.Namespace, image: str) -> Path:
+    """The demo's output PNG path, after checking the sample image name and the noise level."""
+    from lorun_peft.data.samples import list_sample_images
+
+    if image not in list_sample_images():
+        raise ValueError(f"unknown sample image {image!r}; expected one of {list_sample_images()}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"--output must end in .png, got {output}")
+    return output
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    from lorun_peft.data.samples import list_sample_images, load_sample_image
+    from lorun_peft.data.samples import load_sample_image
     from lorun_peft.figures import comparison_figure
     from lorun_peft.metrics import cs_psnr, cs_ssim
     from lorun_peft.pretrained import adapter_set_name, load_pretrained, pretrained_dir
@@ -41,13 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     other = _OTHER_DEMOS.get(args.task)
     if other is not None:
         return other(args, start)
-    if args.image not in list_sample_images():
-        raise ValueError(f"unknown sample image {args.image!r}; expected one of {list_sample_images()}")
-    if args.noise_sigma < 0:
-        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise ValueError(f"--output must end in .png, got {output}")
+    output = _checked_inputs(args, args.image)
     main_set = adapter_set_name("cs", ratio=args.ratio)
     others = [adapter_set_name("cs", ratio=r) for r in args.other_ratio]
     model = load_pretrained("cs", None, args.pretrained_dir).to(_device(args.device))
@@ -118,20 +126,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _run_cassi_demo(args: argparse.Namespace, start: float) -> int:
     """``lorun demo --task cassi``: a cube made from a shipped RGB image, restored with set mask-28."""
-    from lorun_peft.data.samples import list_sample_images, load_sample_image
+    from lorun_peft.data.samples import load_sample_image
     from lorun_peft.figures import comparison_figure
     from lorun_peft.metrics import cassi_psnr, cassi_ssim
     from lorun_peft.pretrained import load_pretrained, pretrained_dir
     from lorun_peft.tasks import synthetic_cube
 
     image = "coffee" if args.image == "camera" else args.image  # camera is gray
-    if image not in list_sample_images():
-        raise ValueError(f"unknown sample image {image!r}; expected one of {list_sample_images()}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise ValueError(f"--output must end in .png, got {output}")
-    if args.noise_sigma < 0:
-        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    output = _checked_inputs(args, image)
     model = load_pretrained("cassi", "mask-28", args.pretrained_dir).to(_device(args.device))
     loaded = time.perf_counter() - start
     reference = next(model.parameters())
@@ -174,19 +176,13 @@ def _run_cassi_demo(args: argparse.Namespace, start: float) -> int:
 
 def _run_inpainting_demo(args: argparse.Namespace, start: float) -> int:
     """``lorun demo --task inpainting``: a shipped gray image with ``--missing`` of its pixels dropped."""
-    from lorun_peft.data.samples import list_sample_images, load_sample_image
+    from lorun_peft.data.samples import load_sample_image
     from lorun_peft.figures import comparison_figure
     from lorun_peft.pretrained import adapter_set_name, load_pretrained, pretrained_dir
     from lorun_peft.tasks import get_task
     from lorun_peft.tasks.inpainting import harmonic_inpainting
 
-    if args.image not in list_sample_images():
-        raise ValueError(f"unknown sample image {args.image!r}; expected one of {list_sample_images()}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise ValueError(f"--output must end in .png, got {output}")
-    if args.noise_sigma < 0:
-        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    output = _checked_inputs(args, args.image)
     spec = get_task("inpainting")
     set_name = adapter_set_name("inpainting", missing=args.missing)
     model = load_pretrained("inpainting", None, args.pretrained_dir).to(_device(args.device))
