@@ -30,7 +30,9 @@ def save_atomically(save_directory: str | os.PathLike, write: Callable[[str], No
     """Run ``write(tmp_dir)`` in a temporary folder inside ``save_directory``, then move each file in.
 
     Each file lands with ``os.replace``; weight shards of an earlier save that this one did not write
-    are removed, so the folder never mixes two checkpoints.
+    are removed, so the folder never mixes two checkpoints. Not :func:`lorun_peft.io.replace_folder`:
+    the folder may hold other files (adapter sets and a model card saved beside the backbone) that must
+    stay, and transformers writes the files itself, so :func:`lorun_peft.io.write_atomic` does not apply.
     """
     target = Path(save_directory)
     if target.is_file():

@@ -227,7 +227,12 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def publish_checkpoint(tmp_dir: Path, final_dir: Path) -> None:
-    """Atomically rename a complete temp folder to its final ``checkpoint-<step>`` name."""
+    """Atomically rename a complete temp folder to its final ``checkpoint-<step>`` name.
+
+    Not :func:`lorun_peft.io.replace_folder`: the old folder goes aside under a fixed
+    ``.trash-checkpoint-<step>`` name that :func:`list_checkpoints` skips and rotation reuses, so a crash
+    between the two renames leaves a folder the next run recognises and clears.
+    """
     if not (tmp_dir / STATE_FILE).is_file():
         raise FileNotFoundError(f"{tmp_dir} is incomplete (no {STATE_FILE}); refusing to publish it")
     if final_dir.exists():
