@@ -131,6 +131,8 @@ class PixelInpainting(nn.Module):
         seen = y * mask
         out, have = seen, mask > 0
         for sigma in FILL_SIGMAS:
+            if bool(have.all()):  # every hole filled: the wider windows would take nothing
+                break
             weight = _gaussian_blur(mask, sigma)
             estimate = _gaussian_blur(seen, sigma) / weight.clamp_min(1e-8)
             take = ~have & (weight > 0.02)

@@ -180,15 +180,7 @@ def training_data(
                 f"no training data: {spec.train_data} not found under --data_dir or <repo>/../shared/data; "
                 "pass --data_dir DIR or --train_data FOLDER (or --smoke to use the shipped sample images)"
             )
-        from lorun_peft.data.cubes import CubePatchDataset
-        from lorun_peft.data.images import RandomPatchDataset
-
-        tensors = [t for _, t in spec.smoke_items(task_args, size=max(64, data.patch_size), count=2)]
-        if tensors[0].shape[0] > 3:
-            dataset: Any = CubePatchDataset(tensors, data.patch_size, seed=seed)
-        else:
-            dataset = RandomPatchDataset(tensors, data.patch_size, data.patches_per_image, seed=seed)
-        text = "shipped sample images" + (" (synthetic cubes)" if tensors[0].shape[0] > 3 else "")
+        dataset, text = spec.smoke_dataset(task_args, data, seed=seed)
     else:
         dataset, text = spec.train_dataset(path, task_args, data, seed=seed)
     if is_main_process():

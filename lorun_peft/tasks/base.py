@@ -189,6 +189,15 @@ class TaskSpec:
         """``count`` small items made from the shipped sample images (runs without data)."""
         raise NotImplementedError
 
+    def smoke_dataset(self, args: Any, data: Any, *, seed: int = 0) -> tuple[Any, str]:
+        """Training patches of ``--smoke`` runs without data: crops of two :meth:`smoke_items`."""
+        from lorun_peft.data.images import RandomPatchDataset
+
+        tensors = [t for _, t in self.smoke_items(args, size=max(64, data.patch_size), count=2)]
+        return RandomPatchDataset(tensors, data.patch_size, data.patches_per_image, seed=seed), (
+            "shipped sample images"
+        )
+
     def training_overrides(self, args: Any) -> dict[str, Any]:
         """Fields of the training config the task mode fixes (e.g. the noise level of a denoising set)."""
         return {}

@@ -198,6 +198,14 @@ class CASSITask(TaskSpec):
             items.append((name, synthetic_cube(crop, self.channels(args))))
         return items
 
+    def smoke_dataset(self, args: CASSIArguments, data: Any, *, seed: int = 0) -> tuple[Any, str]:
+        """Cube patches of two synthetic cubes (:meth:`smoke_items`)."""
+        from lorun_peft.data.cubes import CubePatchDataset
+
+        tensors = [t for _, t in self.smoke_items(args, size=max(64, data.patch_size), count=2)]
+        dataset = CubePatchDataset(tensors, data.patch_size, seed=seed)
+        return dataset, "shipped sample images (synthetic cubes)"
+
     def evaluation_options(
         self, args: CASSIArguments, *, smoke: bool = False, data_dir: Any = None
     ) -> dict[str, Any]:
