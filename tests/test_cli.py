@@ -545,3 +545,23 @@ def test_unreadable_or_complex_measurements_and_a_misplaced_image_size(
         assert main([*argv, "--output", str(tmp_path / "out.png")]) == 2, argv
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
+
+
+def test_cassi_demo_compares_with_gap_tv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from lorun_peft import StageLoRAConfig
+    from lorun_peft.pretrained import save_pretrained_assets
+
+    torch.manual_seed(0)
+    model = _install_tiny_cassi((torch.rand(32, 32) > 0.5).float(), tmp_path / "assets", monkeypatch)
+    model.add_stage_adapters("mask-28", StageLoRAConfig(num_stages=2, gamma=50))  # the name the demo loads
+    save_pretrained_assets(model, "cassi", tmp_path / "assets")
+    output = tmp_path / "cassi.png"
+    assert main(["demo", "--task", "cassi", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    rows = r"^(initial estimate \(shift back\)|GAP-TV \(classical\)|LoRun-2)\s+([\d.]+)"
+    scores = {label: float(psnr) for label, psnr in re.findall(rows, out, re.M)}
+    assert set(scores) == {"initial estimate (shift back)", "GAP-TV (classical)", "LoRun-2"}, out
+    assert scores["GAP-TV (classical)"] > scores["initial estimate (shift back)"] + 3, scores
+    assert output.is_file()

@@ -179,3 +179,22 @@ def test_evaluation_leaves_the_model_as_it_found_it():
     report = evaluate_items(inpainting, None, [("a", torch.rand(1, 20, 20)), ("b", torch.rand(1, 12, 16))])
     assert report.task == "inpainting" and inpainting.training
     assert inpainting.physics.operator is operator and torch.equal(operator.mask, before)
+
+
+@pytest.mark.parametrize("band_gain", [0.0, 0.2])
+def test_cassi_batches_from_one_cube_are_distinct_crops(tmp_path, band_gain: float) -> None:
+    """One training cube used to give batches of ``batch_size`` copies of one crop (one crop per step)."""
+    import numpy as np
+
+    from lorun_peft.tasks.cassi import CASSIArguments
+    from lorun_peft.training.batches import StepBatches
+
+    np.savez(tmp_path / "cube.npz", cube=np.random.default_rng(0).random((48, 48, 4)).astype("float32"))
+    spec = get_task("cassi")
+    data = DataArguments(patch_size=16)
+    dataset, _ = spec.train_dataset(tmp_path / "cube.npz", CASSIArguments(bands=4, band_gain=band_gain), data)
+    for step in (0, 7):
+        batch = StepBatches(dataset, 8, seed=0, rank=0, accumulation=1)[step]
+        assert batch.shape == (8, 4, 16, 16)
+        distinct = {tuple(patch.flatten().tolist()) for patch in batch}
+        assert len(distinct) == 8, f"repeated crops at step {step}"

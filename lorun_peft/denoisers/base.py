@@ -33,12 +33,17 @@ class DenoiserConfig(PreTrainedConfig):
     in_channels / out_channels: image channels (1 gray, 3 RGB, 28 CASSI bands).
     residual: learn the residual, ``output = input + net(input)`` (needs in_channels == out_channels).
     noise_level_map: take ``sigma`` in ``forward`` as one extra constant input channel.
+    identity_init: start as the identity map: a fresh model's output layer is zero, so a residual
+        denoiser returns its input and each unfolding stage starts as its data step alone (the U-Net's
+        random last layer otherwise makes the first stages worse than no denoiser; docs/denoisers.md).
+        Only the initialisation: weights loaded from a checkpoint are kept.
     """
 
     in_channels: int = 1
     out_channels: int = 1
     residual: bool = True
     noise_level_map: bool = False
+    identity_init: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         for name in ("in_channels", "out_channels"):
@@ -49,12 +54,28 @@ class DenoiserConfig(PreTrainedConfig):
                 f"residual=True needs in_channels == out_channels, got {self.in_channels} and "
                 f"{self.out_channels}; set residual=False for a channel-changing denoiser"
             )
+        if self.identity_init and not self.residual:
+            raise ValueError(
+                "identity_init=True needs residual=True (a zero output layer of a plain net outputs 0)"
+            )
         super().__post_init__(**kwargs)
 
     @property
     def net_in_channels(self) -> int:
         """Channels the first layer sees: the image plus the noise-level map if enabled."""
         return self.in_channels + int(self.noise_level_map)
+
+
+#: Most resolution levels a U-shaped denoiser may have: 2**7 = 128x downsampling at the bottom. More would
+#: pad every input to a multiple of 2**(levels - 1) and double the width per level (a typo such as
+#: ``depth=32`` would otherwise try to allocate a 2**31-times-wider bottom level and hang).
+MAX_LEVELS = 8
+
+
+def check_levels(name: str, levels: int, minimum: int = 1) -> None:
+    """Raise ``ValueError`` unless ``minimum <= levels <= MAX_LEVELS``."""
+    if not minimum <= levels <= MAX_LEVELS:
+        raise ValueError(f"{name} must be between {minimum} and {MAX_LEVELS} resolution levels, got {levels}")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -125,14 +146,24 @@ class DenoiserPreTrainedModel(PreTrainedModel):
         """The network on the padded input: (B, net_in_channels, H', W') -> (B, out_channels, H', W')."""
         raise NotImplementedError
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The last layer of :meth:`body` (a conv), zeroed at init when ``config.identity_init``."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its output layer")
+
     def _init_weights(self, module: nn.Module) -> None:
         """Keep PyTorch's default initialisation (kaiming-uniform convs/linears, unit norms).
 
         transformers' default would redraw every conv/linear from N(0, 0.02). ``reset_parameters`` runs
-        under transformers' init guard, so weights already loaded from a checkpoint are left alone.
+        under transformers' init guard, so weights already loaded from a checkpoint are left alone; the
+        zero output layer of ``identity_init`` goes through ``nn.init`` under the same guard.
         """
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+        if getattr(self.config, "identity_init", False) and module is self.output_layer:
+            for parameter in (module.weight, module.bias):
+                if parameter is not None:
+                    nn.init.zeros_(parameter)
 
     def forward(self, pixel_values: Tensor, sigma: float | Tensor | None = None) -> Tensor:
         """Denoise ``pixel_values`` ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 
-from .base import DenoiserConfig, DenoiserPreTrainedModel
+from .base import DenoiserConfig, DenoiserPreTrainedModel, check_levels
 from .blocks import LayerNorm2d
 
 
@@ -49,10 +49,7 @@ class CPPNetConfig(DenoiserConfig):
         for name in ("base_channels", "reduction", "ffn_expansion"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_levels < 2:
-            raise ValueError(
-                f"num_levels must be >= 2 (the MSTB path fuses lower levels), got {self.num_levels}"
-            )
+        check_levels("num_levels (the MSTB path fuses lower levels, so >= 2)", self.num_levels, 2)
         super().__post_init__(**kwargs)
 
 
@@ -201,6 +198,10 @@ class CPPNetDenoiser(DenoiserPreTrainedModel):
     @property
     def size_multiple(self) -> int:
         return 2 ** (self.config.num_levels - 1)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.fusion[-1]
 
     def body(self, x: Tensor) -> Tensor:
         feat = self.stem(x)

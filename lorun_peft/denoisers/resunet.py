@@ -70,6 +70,10 @@ class ResUNetDenoiser(DenoiserPreTrainedModel):
     def size_multiple(self) -> int:
         return 2 ** (len(self.config.channels) - 1)
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.tail
+
     def body(self, x: Tensor) -> Tensor:
         skips = [self.head(x)]
         for down in self.downs:

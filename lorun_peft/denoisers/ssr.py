@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 
-from .base import DenoiserConfig, DenoiserPreTrainedModel
+from .base import DenoiserConfig, DenoiserPreTrainedModel, check_levels
 from .blocks import LayerNorm2d
 
 
@@ -51,7 +51,8 @@ class SSRConfig(DenoiserConfig):
     refine: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for name in ("base_channels", "num_levels", "window_size", "ffn_expansion"):
+        check_levels("num_levels", self.num_levels)
+        for name in ("base_channels", "window_size", "ffn_expansion"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cmb_kernel_size < 1 or self.cmb_kernel_size % 2 == 0:
@@ -206,6 +207,10 @@ class SSRDenoiser(DenoiserPreTrainedModel):
     @property
     def size_multiple(self) -> int:
         return 2 ** (self.config.num_levels - 1)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.head
 
     def body(self, x: Tensor) -> Tensor:
         x = self.embedding(x)

@@ -126,5 +126,9 @@ class TransformerDenoiser(DenoiserPreTrainedModel):
         self.head = nn.Conv2d(c, config.out_channels, 3, padding=1)
         self.post_init()
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.head
+
     def body(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.embed(x)))

@@ -16,7 +16,7 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 
-from .base import DenoiserConfig, DenoiserPreTrainedModel
+from .base import DenoiserConfig, DenoiserPreTrainedModel, check_levels
 from .blocks import DoubleConv
 
 
@@ -38,8 +38,9 @@ class UNetConfig(DenoiserConfig):
     upsample: str = "bilinear"
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.base_channels < 1 or self.depth < 1:
-            raise ValueError(f"base_channels and depth must be >= 1, got {self.base_channels}, {self.depth}")
+        if self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        check_levels("depth", self.depth)
         if self.downsample not in ("maxpool", "strided"):
             raise ValueError(f"downsample must be 'maxpool' or 'strided', got {self.downsample!r}")
         if self.upsample not in ("bilinear", "transpose"):
@@ -81,6 +82,10 @@ class UNetDenoiser(DenoiserPreTrainedModel):
     @property
     def size_multiple(self) -> int:
         return 2 ** (self.config.depth - 1)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.head
 
     def body(self, x: Tensor) -> Tensor:
         skips = []

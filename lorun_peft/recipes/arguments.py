@@ -100,6 +100,13 @@ class ModelArguments:
     noise_level_map: bool = field(
         default=False, metadata={"help": "Feed each stage's noise level sigma_k to the denoiser."}
     )
+    identity_init: bool = field(
+        default=False,
+        metadata={
+            "help": "Phase 1: start the denoiser as the identity (its output layer at zero), so every stage "
+            "starts as its data step alone; much faster for CASSI (docs/denoisers.md)."
+        },
+    )
     num_stages: int = field(default=9, metadata={"help": "K, the number of unfolded stages (paper: 9)."})
     algorithm: str | None = field(
         default=None, metadata={"help": "pgd | hqs (default: the task's: PGD for CS and SR, HQS for CASSI)."}

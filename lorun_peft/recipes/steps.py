@@ -298,6 +298,7 @@ def build_model(
         model_args.width,
         model_args.depth,
         noise_level_map=model_args.noise_level_map,
+        identity_init=model_args.identity_init,
     )
     return LoRunModel.from_components(
         physics,

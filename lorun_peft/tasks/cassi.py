@@ -46,6 +46,13 @@ __all__ = [
 ]
 
 
+#: Distinct crops each training cube offers per step, times ``--patches_per_image``. A training batch is
+#: drawn with replacement from a dataset whose item ``i`` at step ``s`` is a pure function of
+#: ``(seed, s, i)``; with one crop per cube (the image tasks' default) a batch from a single cube was
+#: ``batch_size`` copies of one crop.
+CROPS_PER_CUBE = 1024
+
+
 class CASSITask(TaskSpec):
     name = "cassi"
     label = "CASSI"
@@ -137,7 +144,8 @@ class CASSITask(TaskSpec):
         return items[:max_items] if max_items is not None else items
 
     def train_dataset(self, path: Path, args: CASSIArguments, data: Any, *, seed: int = 0) -> tuple[Any, str]:
-        """:class:`~lorun_peft.data.CubePatchDataset` plus ``--rgb_lift_data`` and ``--band_gain``."""
+        """:class:`~lorun_peft.data.CubePatchDataset` (:data:`CROPS_PER_CUBE` crops per cube and
+        ``--patches_per_image``) plus ``--rgb_lift_data`` and ``--band_gain``."""
         from lorun_peft.data.cubes import CubePatchDataset
 
         resample = args.bands == 28 and stores_wavelengths(path)
@@ -146,7 +154,7 @@ class CASSITask(TaskSpec):
             data.patch_size,
             KAIST_WAVELENGTHS_28 if resample else None,
             seed=seed,
-            patches_per_cube=data.patches_per_image,
+            patches_per_cube=data.patches_per_image * CROPS_PER_CUBE,
             expected_bands=None if resample else args.bands,
         )
         if data.max_train_images is not None:

@@ -105,3 +105,41 @@ def test_default_model_learns_gaussian_denoising(model_cls, config, lr: float) -
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.5, f"MSE/sigma^2 over the last 20 steps: {last:.3f}"
     assert last < 0.5 * first, f"loss fell only from {first:.3f} to {last:.3f}"
+
+
+@pytest.mark.parametrize("family", ["unet", "ssr", "cppnet"])
+@pytest.mark.parametrize("depth", [9, 32])
+def test_an_absurd_level_count_is_refused_before_anything_is_built(family: str, depth: int) -> None:
+    """``build_denoiser("unet", 28, 28, 32)`` (width and depth swapped by mistake) used to hang allocating."""
+    from lorun_peft.denoisers import build_denoiser
+
+    with pytest.raises(ValueError, match=r"between [12] and 8 resolution levels, got " + str(depth)):
+        build_denoiser(family, 28, 16, depth)
+
+
+@pytest.mark.parametrize("family", ["unet", "ssr", "transformer", "resunet", "cppnet"])
+def test_identity_init_starts_as_the_identity_and_keeps_loaded_weights(family: str, tmp_path) -> None:
+    from transformers import AutoModel
+
+    from lorun_peft.denoisers import build_denoiser
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24)
+    fresh = build_denoiser(family, 3, identity_init=True).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), x)
+        assert not torch.equal(build_denoiser(family, 3).eval()(x), x)  # the default init is not
+        fresh.output_layer.weight.normal_()  # "trained": from_pretrained must not zero it again
+    fresh.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert loaded.config.identity_init
+    assert torch.equal(loaded.output_layer.weight, fresh.output_layer.weight)
+    saved, reloaded = fresh.state_dict(), loaded.state_dict()
+    assert all(torch.equal(saved[key], reloaded[key]) for key in saved)
+
+
+def test_identity_init_needs_a_residual_denoiser() -> None:
+    from lorun_peft.denoisers import build_denoiser
+
+    with pytest.raises(ValueError, match="identity_init=True needs residual=True"):
+        build_denoiser("unet", 3, identity_init=True, residual=False)
