@@ -216,6 +216,14 @@ class StageLoRAConfig(LoraConfig):
         if problems:
             raise ValueError("StageLoRAConfig does not support: " + "; ".join(problems))
 
+    def to_dict(self) -> dict[str, Any]:
+        """PEFT's dict, with ``target_modules`` sorted: PEFT keeps them as a set, whose order (and so the
+        saved ``adapter_config.json``) would change with Python's string-hash seed from run to run."""
+        output = super().to_dict()
+        if isinstance(output.get("target_modules"), (list, set)):
+            output["target_modules"] = sorted(output["target_modules"])
+        return output
+
     @classmethod
     def from_peft_type(cls, **kwargs: Any) -> StageLoRAConfig:
         """Build a ``StageLoRAConfig`` from saved kwargs (PEFT would map ``peft_type=LORA`` to LoraConfig).

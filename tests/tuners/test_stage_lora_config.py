@@ -116,3 +116,13 @@ def test_config_not_mutated_by_add_stage_adapters(tiny):
     config = StageLoRAConfig(num_stages=2)
     add_stage_adapters(tiny(), "s", config)
     assert config.target_modules is None and config.rank_pattern == {}
+
+
+def test_saved_target_modules_are_sorted(tmp_path) -> None:
+    """PEFT keeps target_modules as a set; saved unsorted, adapter_config.json changed with the hash seed."""
+    names = ["head", "encoders.0.2", "decoders.1.0", "encoders.0.0", "upsamplers.0.1"]
+    config = StageLoRAConfig(num_stages=2, gamma=50, target_modules=names)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["target_modules"] == sorted(names)
+    assert PeftConfig.from_pretrained(tmp_path).target_modules == set(names)
