@@ -13,6 +13,8 @@
 #  3. assemble in float16 (mask-real gets the whole 660x660 real mask, so it restores the real scenes as they
 #     are), score mask-28 on cloth, restore the five real TSA scenes.
 # As shipped, steps 1-2 ran on one H200 shared with 11 other runs; the same commands run on the CPU, slowly.
+# Since the shipped model was trained, each batch gets distinct crops of the training cube (it used to repeat
+# one crop per batch; docs/tasks_cassi.md), so a rerun does not give the shipped weights exactly.
 # Usage: scripts/pretrained/build_cassi.sh [DATA_DIR]   (default ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
