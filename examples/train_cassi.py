@@ -48,10 +48,10 @@ def train_cassi(task_args, data, model_args, training) -> TrainingSummary:
     set_name = start_run(spec, task_args, model_args, training)  # one output folder per run
     torch.manual_seed(training.seed)
     where = {"smoke": model_args.smoke, "seed": training.seed, "data_dir": data.data_dir}
-    physics, physics_text = spec.build_physics(task_args, data.patch_size, **where)
+    physics, physics_text = spec.build_physics(task_args, data.patch, **where)
     dataset, data_text = training_data(spec, task_args, data, smoke=model_args.smoke, seed=training.seed)
     model = build_model(spec, task_args, model_args, physics, set_name=set_name, seed=training.seed)
-    sampler = spec.physics_sampler(task_args, data.patch_size, **where)  # what to redraw per batch
+    sampler = spec.physics_sampler(task_args, data.patch, **where)  # what to redraw per batch
     result = train(
         model,
         dataset,

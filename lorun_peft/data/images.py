@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .transforms import NUM_DIHEDRAL, dihedral, patch_rng, random_crop
+from .transforms import PatchSize, augment_patch, patch_rng, patch_shape, random_crop
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "image_to_tensor", "RandomPatchDataset"]
 
@@ -157,7 +157,8 @@ def image_to_tensor(img: Image.Image, channels: int | None = None) -> Tensor:
 class RandomPatchDataset(Dataset):
     """Random ``patch_size`` crops of a set of images, with random flips and 90-degree turns.
 
-    Item ``i`` is a float32 ``(C, patch_size, patch_size)`` tensor in [0, 1], cut from image
+    Item ``i`` is a float32 ``(C, h, w)`` tensor in [0, 1] (``h = w = patch_size``, or
+    ``patch_size = (h, w)``: then only the shape-keeping flips and the half turn), cut from image
     ``i // patches_per_image``. The crop position and the flip/rotation depend only on
     ``(seed, epoch, i)``: the same item is the same patch whatever the worker or the order, and
     :meth:`set_epoch` draws fresh patches for a new epoch (call it like
@@ -166,7 +167,7 @@ class RandomPatchDataset(Dataset):
     Args:
         images: a ``datasets.Dataset`` with an image column (e.g. from :func:`load_image_folder`),
             or a sequence of ``(C, H, W)`` tensors in [0, 1].
-        patch_size: side of the square patches.
+        patch_size: side of the square patches, or ``(height, width)``.
         patches_per_image: patches per image per epoch.
         channels: 1 or 3; ``None`` takes it from the dataset's ``Image(mode=...)`` (or from the
             tensors).
@@ -178,7 +179,7 @@ class RandomPatchDataset(Dataset):
     def __init__(
         self,
         images: datasets.Dataset | Sequence[Tensor],
-        patch_size: int,
+        patch_size: PatchSize,
         patches_per_image: int = 1,
         *,
         channels: int | None = None,
@@ -187,11 +188,10 @@ class RandomPatchDataset(Dataset):
         cache_images: bool = False,
     ) -> None:
         _check_channels(channels)
-        if patch_size < 1 or patches_per_image < 1:
-            raise ValueError(
-                f"patch_size and patches_per_image must be positive, got {patch_size} and {patches_per_image}"
-            )
-        self.patch_size = int(patch_size)
+        if patches_per_image < 1:
+            raise ValueError(f"patches_per_image must be positive, got {patches_per_image}")
+        height, width = patch_shape(patch_size)
+        self.patch_size: PatchSize = height if height == width else (height, width)
         self.patches_per_image = int(patches_per_image)
         self.augment = augment
         self.seed = int(seed)
@@ -265,5 +265,5 @@ class RandomPatchDataset(Dataset):
         rng = patch_rng(self.seed, self.epoch, index)
         patch = random_crop(self._image(image_index), self.patch_size, rng, name=self._name(image_index))
         if self.augment:
-            patch = dihedral(patch, int(rng.integers(NUM_DIHEDRAL)))
+            patch = augment_patch(patch, rng)
         return patch.to(torch.float32).contiguous()

@@ -13,10 +13,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NUM_DIHEDRAL", "dihedral", "patch_rng", "random_crop"]
+__all__ = [
+    "NUM_DIHEDRAL",
+    "PatchSize",
+    "augment_patch",
+    "dihedral",
+    "patch_rng",
+    "patch_shape",
+    "random_crop",
+]
 
 #: Number of distinct flip/rotation transforms of a square patch.
 NUM_DIHEDRAL = 8
+#: The transforms among them that keep a non-square patch's shape: identity, half turn and the two flips.
+SHAPE_KEEPING = (0, 2, 4, 6)
+
+#: A patch side (square) or ``(height, width)``.
+PatchSize = int | tuple[int, int]
+
+
+def patch_shape(size: PatchSize) -> tuple[int, int]:
+    """``(height, width)`` of a patch size given as one side or as a pair; both must be >= 1."""
+    shape = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        raise ValueError(
+            f"patch size must be a positive integer or a (height, width) pair of them, got {size!r}"
+        )
+    return int(shape[0]), int(shape[1])
 
 
 def dihedral(x: Tensor, index: int) -> Tensor:
@@ -38,17 +65,30 @@ def patch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
 
 
-def random_crop(x: Tensor, size: int, rng: np.random.Generator, *, name: str = "image") -> Tensor:
-    """Uniformly placed ``size x size`` crop of ``(..., H, W)``.
+def random_crop(x: Tensor, size: PatchSize, rng: np.random.Generator, *, name: str = "image") -> Tensor:
+    """Uniformly placed crop of ``(..., H, W)``: ``size x size``, or ``size = (height, width)``.
 
     Raises:
         ValueError: the image is smaller than the crop; the message names ``name``.
     """
+    crop_height, crop_width = patch_shape(size)
     height, width = x.shape[-2:]
-    if size > height or size > width:
+    if crop_height > height or crop_width > width:
+        shown = crop_height if crop_height == crop_width else f"{crop_height}x{crop_width}"
         raise ValueError(
-            f"patch size {size} is larger than {name} ({height}x{width}); use a smaller patch_size"
+            f"patch size {shown} is larger than {name} ({height}x{width}); use a smaller patch_size"
         )
-    top = int(rng.integers(0, height - size + 1))
-    left = int(rng.integers(0, width - size + 1))
-    return x[..., top : top + size, left : left + size]
+    top = int(rng.integers(0, height - crop_height + 1))
+    left = int(rng.integers(0, width - crop_width + 1))
+    return x[..., top : top + crop_height, left : left + crop_width]
+
+
+def augment_patch(patch: Tensor, rng: np.random.Generator) -> Tensor:
+    """One random flip/rotation of ``patch``: any of the 8 for a square, a shape-keeping one otherwise.
+
+    A non-square patch (a CASSI strip) keeps its orientation, which the dispersion direction fixes:
+    identity, half turn, left-right or up-down flip, each with probability 1/4.
+    """
+    if patch.shape[-2] == patch.shape[-1]:
+        return dihedral(patch, int(rng.integers(NUM_DIHEDRAL)))
+    return dihedral(patch, SHAPE_KEEPING[int(rng.integers(len(SHAPE_KEEPING)))])

@@ -81,6 +81,7 @@ def evaluate_items(
     items: Sequence[Item],
     *,
     mask: Tensor | None = None,
+    kernel: Tensor | None = None,
     noise_sigma: float = 0.0,
     seed: int = 0,
     stagewise: bool = False,
@@ -91,9 +92,11 @@ def evaluate_items(
 
     Each item's measurement is simulated with the model's active physics (noise ``noise_sigma`` seeded by
     ``(seed, index)``) and restored in eval mode without gradients. ``mask`` (CASSI): the full coded
-    aperture (top-left crop to the cube's size); default: the model's. ``stagewise``: also score the K
-    stage estimates. ``save_dir``: write each restored item there (PNG; cubes: pseudo-colour PNG + .npz).
-    ``progress(done, total, result)`` is called after each item (the CLI prints a line per image).
+    aperture (top-left crop to the cube's size); default: the model's. ``kernel`` (SR): the blur kernel to
+    score with, written into the physics for the run and put back; default: the model's. ``stagewise``:
+    also score the K stage estimates. ``save_dir``: write each restored item there (PNG; cubes:
+    pseudo-colour PNG + .npz). ``progress(done, total, result)`` is called after each item (the CLI prints a
+    line per image).
     """
     from lorun_peft.training import derive_seed
 
@@ -103,7 +106,9 @@ def evaluate_items(
     reference = next(model.parameters())
     device, dtype = reference.device, reference.dtype
     report = EvaluationReport(task=spec.name, protocol=spec.protocol)
-    options = {"mask": mask} if mask is not None else {}
+    options: dict[str, Tensor] = {"mask": mask} if mask is not None else {}
+    if kernel is not None:
+        options["kernel"] = kernel
     was_training = model.training
     model.eval()
     try:

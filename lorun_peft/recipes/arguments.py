@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lorun_peft.data.transforms import PatchSize
 from lorun_peft.denoisers import DENOISER_FAMILIES
 from lorun_peft.tasks import TaskSpec, get_task
 
@@ -56,10 +57,33 @@ class DataArguments:
         default=None,
         metadata={"help": "Optional test folder scored every eval_every steps and at the end (e.g. Set11)."},
     )
-    patch_size: int = field(default=64, metadata={"help": "Side of the random training crops."})
+    patch_size: int = field(
+        default=64, metadata={"help": "Side of the random training crops (their width with --patch_height)."}
+    )
+    patch_height: int | None = field(
+        default=None,
+        metadata={
+            "help": "CASSI: height of non-square crops of width --patch_size, e.g. --patch_size 256 "
+            "--patch_height 32, full-width strips that keep a 256-wide scene's band overlap at an eighth "
+            "of its pixels (docs/tasks_cassi.md). Default: square crops."
+        },
+    )
     patches_per_image: int = field(default=1, metadata={"help": "Crops per image per epoch."})
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N images."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Score only the first N test items."})
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1 or (self.patch_height is not None and self.patch_height < 1):
+            raise ValueError(
+                f"--patch_size and --patch_height must be >= 1, got {self.patch_size} and {self.patch_height}"
+            )
+
+    @property
+    def patch(self) -> PatchSize:
+        """The training crop: ``patch_size`` (square) or ``(patch_height, patch_size)``."""
+        if self.patch_height is None or self.patch_height == self.patch_size:
+            return self.patch_size
+        return (self.patch_height, self.patch_size)
 
 
 @dataclass
@@ -175,6 +199,7 @@ def apply_smoke(
     data = replace(
         data,
         patch_size=spec.smoke_patch_size,
+        patch_height=None if data.patch_height is None else min(data.patch_height, spec.smoke_patch_size),
         max_train_images=cap(data.max_train_images, SMOKE["max_train_images"]),
         max_eval_images=cap(data.max_eval_images, SMOKE["max_train_images"]),
     )
@@ -208,4 +233,11 @@ def parse_training_args(task: str | TaskSpec, argv: list[str] | None = None, des
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(**SCRIPT_TRAINING_DEFAULTS)
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    data = parsed[1]
+    if data.patch_height is not None and not spec.strip_patches:
+        raise ValueError(
+            f"--patch_height is for CASSI's full-width strips; the {spec.name} task trains on square crops "
+            "(drop --patch_height, set --patch_size)"
+        )
+    return parsed

@@ -113,6 +113,8 @@ class TaskSpec:
     physics_types: ClassVar[tuple[str, ...]] = ()
     #: Patch side of ``--smoke`` runs.
     smoke_patch_size: ClassVar[int] = 32
+    #: Whether training takes non-square crops (``--patch_height``): CASSI's full-width strips.
+    strip_patches: ClassVar[bool] = False
     #: The adapter set ``load_pretrained`` activates when none is named (if installed).
     default_set: ClassVar[str | None] = None
     #: The option that names a task mode (``ratio`` for CS): :meth:`set_name_for` needs it.

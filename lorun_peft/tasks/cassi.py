@@ -20,6 +20,7 @@ from torch import Tensor
 from lorun_peft import metrics
 from lorun_peft.data.cubes import KAIST_WAVELENGTHS_28, load_cube, read_cube_wavelengths
 from lorun_peft.data.pseudocolor import cassi_to_rgb, cube_wavelengths
+from lorun_peft.data.transforms import PatchSize, patch_shape
 from lorun_peft.io import write_atomic
 
 from .base import Item, Metric, TaskSpec, png_bytes
@@ -71,6 +72,7 @@ class CASSITask(TaskSpec):
     restores_images = False
     evaluates_with_one_mask = True
     smoke_patch_size = 32
+    strip_patches = True
     default_set = "mask-28"
     set_key = "bands"
     recipe = (
@@ -84,27 +86,32 @@ class CASSITask(TaskSpec):
     def build_physics(
         self,
         args: CASSIArguments,
-        patch_size: int,
+        patch_size: PatchSize,
         *,
         smoke: bool = False,
         seed: int = 0,
         data_dir: Any = None,
     ) -> tuple[Any, str]:
-        """:class:`~lorun_peft.physics.CASSI` on a random ``patch_size`` crop of the mask (seeded)."""
+        """:class:`~lorun_peft.physics.CASSI` on a random ``patch_size`` crop of the mask (seeded).
+
+        ``patch_size`` is a side or ``(height, width)``: a full-width strip such as ``(32, 256)`` keeps a
+        256-wide scene's band overlap at an eighth of its pixels (docs/tasks_cassi.md).
+        """
         from lorun_peft.physics import CASSI
 
-        mask, source = resolve_mask(args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed, data_dir)
+        height, width = patch_shape(patch_size)
+        mask, source = resolve_mask(args, smoke, max(height, width, SMOKE_MASK_SIZE), seed, data_dir)
         crop = crop_mask(mask, patch_size, seed)
         where = "whole mask"
         if crop.shape != mask.shape:
-            where = f"a new random {patch_size}x{patch_size} crop per batch"
+            where = f"a new random {height}x{width} crop per batch"
         physics = CASSI(crop, step=args.dispersion_step)
         return physics, f"CASSI {args.bands} bands, step {args.dispersion_step}, mask {source} ({where})"
 
     def physics_sampler(
         self,
         args: CASSIArguments,
-        patch_size: int,
+        patch_size: PatchSize,
         *,
         smoke: bool = False,
         seed: int = 0,
@@ -113,8 +120,9 @@ class CASSITask(TaskSpec):
         """A :class:`~lorun_peft.data.RandomMaskCrops` when the mask is larger than the patches."""
         from lorun_peft.data.mask_crops import RandomMaskCrops
 
-        mask, _ = resolve_mask(args, smoke, max(patch_size, SMOKE_MASK_SIZE), seed, data_dir)
-        if tuple(mask.shape) == (patch_size, patch_size):
+        height, width = patch_shape(patch_size)
+        mask, _ = resolve_mask(args, smoke, max(height, width, SMOKE_MASK_SIZE), seed, data_dir)
+        if tuple(mask.shape) == (height, width):
             return None
         return RandomMaskCrops(mask, patch_size)
 
@@ -151,7 +159,7 @@ class CASSITask(TaskSpec):
         resample = args.bands == 28 and stores_wavelengths(path)
         dataset = CubePatchDataset(
             str(path),
-            data.patch_size,
+            data.patch,
             KAIST_WAVELENGTHS_28 if resample else None,
             seed=seed,
             patches_per_cube=data.patches_per_image * CROPS_PER_CUBE,
@@ -181,7 +189,7 @@ class CASSITask(TaskSpec):
                 )
             lift = SpectralLift.fit(dataset.cubes, cube_wavelengths(dataset.bands), seed=seed)
             images = load_image_folder(str(path), split="train", channels=3)
-            rgb = RandomPatchDataset(images, data.patch_size, seed=seed, cache_images=True)
+            rgb = RandomPatchDataset(images, data.patch, seed=seed, cache_images=True)
             for index in range(len(images)):  # a crop larger than an image fails now, naming the file
                 rgb[index]
             source = MixedPatches(dataset, LiftedRGBPatches(rgb, lift), args.rgb_lift_fraction, seed=seed)
@@ -210,8 +218,8 @@ class CASSITask(TaskSpec):
         """Cube patches of two synthetic cubes (:meth:`smoke_items`)."""
         from lorun_peft.data.cubes import CubePatchDataset
 
-        tensors = [t for _, t in self.smoke_items(args, size=max(64, data.patch_size), count=2)]
-        dataset = CubePatchDataset(tensors, data.patch_size, seed=seed)
+        tensors = [t for _, t in self.smoke_items(args, size=max(64, *patch_shape(data.patch)), count=2)]
+        dataset = CubePatchDataset(tensors, data.patch, seed=seed)
         return dataset, "shipped sample images (synthetic cubes)"
 
     def evaluation_options(

@@ -69,6 +69,7 @@ def gap_tv(
     decay: float = 0.95,
     min_weight: float = 0.002,
     tv_iterations: int = 10,
+    accelerate: bool = True,
 ) -> Tensor:
     """Restore a CASSI measurement ``(B, H, W + step*(C-1))`` to a cube ``(B, C, H, W)`` with GAP-TV.
 
@@ -77,6 +78,8 @@ def gap_tv(
     [0, 1] range) and decays by ``decay`` per iteration down to ``min_weight``, the usual
     coarse-to-fine schedule. The defaults were chosen on two 256x256 crops of stuffed_toys (the CASSI
     training cube) with the TSA simulation mask, among starting weights 0.02 to 1.28 (docs/pretrained.md).
+    ``accelerate=False`` projects onto the measurement itself instead of the accumulated one (plain GAP,
+    the data step an HQS unfolding stage takes): slower to converge.
     """
     if iterations < 1 or tv_iterations < 1:
         raise ValueError(f"iterations and tv_iterations must be >= 1, got {iterations}, {tv_iterations}")
@@ -91,7 +94,8 @@ def gap_tv(
     dual = None
     for it in range(iterations):
         predicted = physics.A(x)
-        accumulated = accumulated + (measurement - predicted)
+        if accelerate:
+            accumulated = accumulated + (measurement - predicted)
         x = x + physics.A_adjoint((accumulated - predicted) / phi_s)
         x, dual = tv_denoise(x, max(weight * decay**it, min_weight), tv_iterations, dual)
     return x.clamp(0.0, 1.0)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lorun_peft.data.cubes import CUBE_EXTENSIONS, read_cube_wavelengths
 from lorun_peft.data.pseudocolor import cube_wavelengths
+from lorun_peft.data.transforms import PatchSize, patch_shape
 
 from .base import data_roots
 
@@ -112,17 +113,20 @@ def synthetic_cube(image: Tensor, bands: int) -> Tensor:
     return (cube / cube.max().clamp_min(1e-12)).to(torch.float32)
 
 
-def crop_mask(mask: Tensor, size: int, seed: int = 0) -> Tensor:
-    """A random ``size x size`` crop of an ``(H, W)`` mask (the whole mask when it is that size)."""
+def crop_mask(mask: Tensor, size: PatchSize, seed: int = 0) -> Tensor:
+    """A random ``size x size`` (or ``(h, w)``) crop of an ``(H, W)`` mask (the whole mask at its size)."""
     height, width = mask.shape
-    if size > height or size > width:
+    crop_height, crop_width = patch_shape(size)
+    if crop_height > height or crop_width > width:
+        shown = crop_height if crop_height == crop_width else f"{crop_height}x{crop_width}"
         raise ValueError(
-            f"patch size {size} is larger than the {height}x{width} CASSI mask; use --patch_size <= "
-            f"{min(height, width)} or a larger mask"
+            f"patch size {shown} is larger than the {height}x{width} CASSI mask; use --patch_size / "
+            f"--patch_height <= {height}x{width} or a larger mask"
         )
     rng = np.random.default_rng(seed)
-    top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-    return mask[top : top + size, left : left + size].contiguous()
+    top = int(rng.integers(0, height - crop_height + 1))
+    left = int(rng.integers(0, width - crop_width + 1))
+    return mask[top : top + crop_height, left : left + crop_width].contiguous()
 
 
 def resolve_mask(

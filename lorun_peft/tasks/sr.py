@@ -6,9 +6,11 @@ for every batch (``--kernel all``: set ``x2``, one set for every kernel of a sca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,45 @@ class SRTask(ImageTask):
 
         kernels = load_sr_kernels(args.kernels_file, data_dir=data_dir, allow_synthetic=smoke)[0]
         return RandomKernels(kernels)
+
+    def evaluation_options(
+        self, args: SRArguments, *, smoke: bool = False, data_dir: Any = None
+    ) -> dict[str, Any]:
+        """``--kernel all``: score with K1, the kernel the set is saved with, not the last one drawn."""
+        if not is_all_kernels(args.kernel):
+            return {}
+        kernels, _ = load_sr_kernels(args.kernels_file, data_dir=data_dir, allow_synthetic=smoke)
+        return {"kernel": kernels[0]}
+
+    @contextlib.contextmanager
+    def evaluation_physics(
+        self,
+        model: Any,
+        shape: tuple[int, ...],
+        *,
+        index: int = 0,
+        seed: int = 0,
+        kernel: Tensor | None = None,
+        **options: Any,
+    ) -> Iterator[Any]:
+        """The active physics, with ``kernel`` written into it while scoring when given (put back on exit)."""
+        physics = model.physics
+        if kernel is None:
+            yield physics
+            return
+        current = physics.kernel
+        if tuple(kernel.shape) != tuple(current.shape):
+            raise ValueError(
+                f"evaluation kernel has shape {tuple(kernel.shape)}, the model's is {tuple(current.shape)}"
+            )
+        saved = current.detach().clone()
+        with torch.no_grad():
+            current.copy_(kernel)
+        try:
+            yield physics
+        finally:
+            with torch.no_grad():
+                current.copy_(saved)
 
     def finish_training(self, model: Any, sampler: Any) -> None:
         """An all-kernel set is saved with K1, the default kernel (not the last one drawn)."""

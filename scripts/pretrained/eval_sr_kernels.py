@@ -2,7 +2,8 @@
 
 An all-kernel set (``x2``, trained with ``--kernel all``) is evaluated with each of the 12 kernels written
 into its physics in turn; a single-kernel set (``x2-k1``) the same way, to show what it does off its
-kernel. Set5, Y channel, border = scale (the KAIR/USRNet protocol of ``lorun evaluate``).
+kernel. Set5, Y channel, border = scale (the KAIR/USRNet protocol of ``lorun evaluate``). Without sets,
+the backbone itself is scored (a phase-1 all-kernel model).
 
     python scripts/pretrained/eval_sr_kernels.py BACKBONE SETS_DIR:x2 SETS_DIR:x3 ... \
         --test-data ../shared/data/Set5 --kernels ../shared/data/kernels/kernels_12.mat --out table.json
@@ -25,7 +26,9 @@ from lorun_peft.unfolding import LoRunModel
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("backbone")
-    parser.add_argument("sets", nargs="+", help="FOLDER:SET_NAME of each adapter set to score")
+    parser.add_argument(
+        "sets", nargs="*", help="FOLDER:SET_NAME of each adapter set to score (none: the backbone itself)"
+    )
     parser.add_argument("--test-data", required=True)
     parser.add_argument("--kernels", default=None, help="kernels_12.mat (default: <data_dir>/kernels/)")
     parser.add_argument("--noise-sigma", type=float, default=0.0, help="measurement noise std on [0, 1]")
@@ -40,10 +43,13 @@ def main(argv: list[str] | None = None) -> dict:
         "noise_sigma": args.noise_sigma,
         "sets": {},
     }
-    for spec in args.sets:
-        folder, _, name = spec.rpartition(":")
-        model.load_adapter(folder, name)
-        model.set_adapter_set(name)
+    for spec in args.sets or [None]:
+        if spec is None:  # a phase-1 model (Block-K-share or Block-K) on its own
+            name = "backbone"
+        else:
+            folder, _, name = spec.rpartition(":")
+            model.load_adapter(folder, name)
+            model.set_adapter_set(name)
         row = {}
         for index in range(kernels.shape[0]):
             with torch.no_grad():

@@ -222,6 +222,15 @@ def test_cassi_eval_during_training_uses_the_full_mask(tmp_path):
     assert np.isfinite(summary["eval"]["psnr"]) and 0 < summary["eval"]["ssim"] <= 1
 
 
+def test_cassi_trains_on_full_width_strips(tmp_path):
+    """--patch_height: the operator, the mask crops and the patches are all 16x32 strips."""
+    argv = ["--smoke", "--patch_height", "16", "--output_dir", str(tmp_path / "run")]
+    assert _script("train_cassi")(argv) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["physics"]["mask_shape"] == [16, 32]
+    assert "a new random 16x32 crop per batch" in (tmp_path / "run" / "run_summary.json").read_text()
+
+
 def test_cs_phase2_at_a_new_ratio_starts_phi_from_the_backbone(tmp_path, capsys):
     from safetensors.torch import load_file
 
