@@ -6,8 +6,8 @@
 #     CPU computes it natively, else fp32; channels_last). ~60 min on one core with AMX/AVX512-BF16.
 #     Leg 2 warm-starts from it (--warm_start) for 800 steps at lr 2e-4 (seed 1): +0.04 dB on Set11.
 #  2. phase 2 per ratio of ISTA-Net's set on the frozen backbone: K stage adapters + the set's own learned
-#     Phi, started from the backbone's (--phi_init backbone, its SVD); 2000 steps at 1 %, 4000 at 30 %,
-#     6000 at 4/10/25/40/50 %. Two lanes run side by side, one core each (about 2.5 hours). As shipped, the
+#     Phi, started from the backbone's (--phi_init backbone, its SVD); 2000 steps at 1 %,
+#     6000 at 4/10/25/30/40/50 %. Two lanes run side by side, one core each (about 3.5 hours with the backbone). As shipped, the
 #     sets of 4/10/25/30/40/50 % were later legs on the float16 copy of the shipped backbone
 #     (scripts/pretrained/cs_sets_leg.sh), here they train on the float32 backbone.
 #  3. assemble, evaluate each set on Set11 with `lorun evaluate`.
@@ -33,7 +33,7 @@ phase2() {  # ratio-percent steps
     --max_steps "$2" --eval_every 500 --resume_from_checkpoint latest --output_dir "$OUT/sets/r$1"
 }
 lane_a() { phase2 1 2000 && phase2 10 6000 && phase2 40 6000; }
-lane_b() { phase2 4 6000 && phase2 25 6000 && phase2 30 4000 && phase2 50 6000; }
+lane_b() { phase2 4 6000 && phase2 25 6000 && phase2 30 6000 && phase2 50 6000; }
 lane_a > "$OUT/lane_a.out" 2>&1 &
 lane_b > "$OUT/lane_b.out" 2>&1 &
 wait
