@@ -75,26 +75,22 @@ def main() -> None:
                     ),
                 }
                 scores = {label: spec.score(est, clean, physics) for label, est in estimates.items()}
-            table[name] = {label: {"psnr": psnr, "ssim": ssim} for label, (psnr, ssim) in scores.items()}
-            print(f"{name} ({time.perf_counter() - started:.0f} s)")
-            for label, (psnr, ssim) in scores.items():
-                print(f"  {label:<28} {psnr:6.2f} dB  {ssim:.4f}")
-            continue
-        with torch.no_grad(), spec.evaluation_physics(model, shape) as physics:
-            y = physics.A(clean)
-            estimates = {
-                "initial estimate": physics.init(y),
-                "GAP-TV (classical)": gap_tv(physics, y, **tv),
-                f"LoRun-{k} (mask-28)": model.restore(y),
-            }
-            mask = physics.mask.clone()  # the simulation mask; the backbone's own is a training crop
-        with (
-            torch.no_grad(),
-            model.disable_adapters(),
-            spec.evaluation_physics(model, shape, mask=mask) as physics,
-        ):
-            estimates[f"Block-{k}-share (backbone)"] = model.restore(y)
-            scores = {label: spec.score(estimate, clean, physics) for label, estimate in estimates.items()}
+        else:
+            with torch.no_grad(), spec.evaluation_physics(model, shape) as physics:
+                y = physics.A(clean)
+                estimates = {
+                    "initial estimate": physics.init(y),
+                    "GAP-TV (classical)": gap_tv(physics, y, **tv),
+                    f"LoRun-{k} (mask-28)": model.restore(y),
+                }
+                mask = physics.mask.clone()  # the simulation mask; the backbone's own is a training crop
+            with (
+                torch.no_grad(),
+                model.disable_adapters(),
+                spec.evaluation_physics(model, shape, mask=mask) as physics,
+            ):
+                estimates[f"Block-{k}-share (backbone)"] = model.restore(y)
+                scores = {label: spec.score(est, clean, physics) for label, est in estimates.items()}
         table[name] = {label: {"psnr": psnr, "ssim": ssim} for label, (psnr, ssim) in scores.items()}
         print(f"{name} ({time.perf_counter() - started:.0f} s)")
         for label, (psnr, ssim) in scores.items():

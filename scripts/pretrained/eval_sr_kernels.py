@@ -15,8 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from lorun_peft.evaluation import evaluate_items, load_test_items
 from lorun_peft.evaluation.report import write_atomic
 from lorun_peft.tasks import load_sr_kernels
@@ -52,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.set_adapter_set(name)
         row = {}
         for index in range(kernels.shape[0]):
-            with torch.no_grad():
-                model.physics.kernel.copy_(kernels[index])
-            report = evaluate_items(model, "sr", items, noise_sigma=args.noise_sigma)
+            report = evaluate_items(model, "sr", items, kernel=kernels[index], noise_sigma=args.noise_sigma)
             row[f"K{index + 1}"] = {"psnr": report.mean_psnr, "ssim": report.mean_ssim}
             print(f"{name} K{index + 1}: {report.mean_psnr:.2f} dB / {report.mean_ssim:.4f}", flush=True)
         table["sets"][name] = row
