@@ -329,7 +329,9 @@ def resolve_adapter_dir(
     if path.is_dir():
         if set_name is not None and (path / set_name / SET_FILE).is_file():
             return path / set_name
-        wanted = f"an adapter set {set_name!r}" if set_name else "an adapter set"
+        if (path / SET_FILE).is_file():
+            return path  # a set folder itself: the loader checks that it holds set_name
+        wanted = f"adapter set {set_name!r}" if set_name else "adapter set"
         raise FileNotFoundError(
             f"{path} holds no {wanted}: expected {path}/{set_name or '<set_name>'}/{SET_FILE} or "
             f"{path}/{SET_FILE}; adapter sets found there: {_sets_in_folder(path) or 'none'}"

@@ -7,12 +7,14 @@ four with ``HfArgumentParser``, as transformers' example scripts do.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lorun_peft.data.transforms import PatchSize
 from lorun_peft.denoisers import DENOISER_FAMILIES
 from lorun_peft.tasks import TaskSpec, get_task
+from lorun_peft.unfolding.steps import ALGORITHMS
 
 __all__ = [
     "ADAPTER_INITS",
@@ -58,7 +60,10 @@ class DataArguments:
         metadata={"help": "Optional test folder scored every eval_every steps and at the end (e.g. Set11)."},
     )
     patch_size: int = field(
-        default=64, metadata={"help": "Side of the random training crops (their width with --patch_height)."}
+        default=64,
+        metadata={
+            "help": "Side of the random training crops (CASSI: their width when --patch_height is set)."
+        },
     )
     patch_height: int | None = field(
         default=None,
@@ -103,8 +108,10 @@ class ModelArguments:
     warm_start: str | None = field(
         default=None,
         metadata={
-            "help": "--mode shared/block: start from this saved model (folder or Hub id) instead of a fresh "
-            "one, with a new schedule: a further training leg of a backbone (its denoiser, Phi, steps)."
+            "help": "A further training leg with a new schedule. --mode shared/block: start from this saved "
+            "model (folder or Hub id: its denoiser, Phi, steps) instead of a fresh one. --mode lorun: start "
+            "the set from this saved adapter set (its folder, or a Hub id/folder holding <set>/) on "
+            "--backbone instead of fresh adapters: its K adapters, Phi and steps."
         },
     )
     adapter_set_name: str | None = field(
@@ -133,7 +140,11 @@ class ModelArguments:
     )
     num_stages: int = field(default=9, metadata={"help": "K, the number of unfolded stages (paper: 9)."})
     algorithm: str | None = field(
-        default=None, metadata={"help": "pgd | hqs (default: the task's: PGD for CS and SR, HQS for CASSI)."}
+        default=None,
+        metadata={
+            "help": "pgd | hqs | gap (HQS on GAP's accumulated measurement) (default: the task's: PGD for CS "
+            "and SR, HQS for CASSI)."
+        },
     )
     step_init: float = field(default=0.5, metadata={"help": "Initial rho_k/mu_k and lambda_k (paper: 0.5)."})
     gamma: float = field(default=10.0, metadata={"help": "LoRA rank factor of eq. 12, percent (paper: 10)."})
@@ -178,12 +189,8 @@ class ModelArguments:
             raise ValueError("--mode lorun needs --backbone DIR (the phase-1 model saved by --mode shared)")
         if self.mode != "lorun" and self.backbone:
             raise ValueError(f"--backbone is only used with --mode lorun, got --mode {self.mode}")
-        if self.mode == "lorun" and self.warm_start:
-            raise ValueError(
-                "--warm_start continues a backbone (--mode shared/block); phase 2 uses --backbone"
-            )
-        if self.algorithm is not None and self.algorithm not in ("pgd", "hqs"):
-            raise ValueError(f"--algorithm must be 'pgd' or 'hqs', got {self.algorithm!r}")
+        if self.algorithm is not None and self.algorithm not in ALGORITHMS:
+            raise ValueError(f"--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
 
 
 def apply_smoke(
@@ -233,6 +240,10 @@ def parse_training_args(task: str | TaskSpec, argv: list[str] | None = None, des
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(**SCRIPT_TRAINING_DEFAULTS)
+    if not spec.strip_patches:  # CASSI's strips only: other scripts refuse the option, so --help hides it
+        for action in parser._actions:
+            if action.dest == "patch_height":
+                action.help = argparse.SUPPRESS
     parsed = parser.parse_args_into_dataclasses(args=argv)
     data = parsed[1]
     if data.patch_height is not None and not spec.strip_patches:

@@ -236,6 +236,8 @@ def _phase2_model(
             f"--backbone {model_args.backbone} has physics {model.config.physics.get('type')!r}, not a "
             f"{spec.name!r} model"
         )
+    if model_args.warm_start:
+        return _warm_start_set(model, model_args, physics, set_name)
     keep = spec.start_phase2(physics, model.task.physics, task_args, model_args, seed)
     adapter_names = model.add_stage_adapters(
         set_name,
@@ -248,6 +250,26 @@ def _phase2_model(
     )
     if not model_args.train_adapters:
         freeze_adapters(model, adapter_names)
+    return model
+
+
+def _warm_start_set(model: Any, model_args: ModelArguments, physics: Any, set_name: str) -> Any:
+    """Phase 2 continued: the saved set ``--warm_start`` loaded trainable onto the backbone ``model``.
+
+    The set must have been trained on this backbone (the loader checks its fingerprint) and carry this
+    run's set name and physics config (a CS ratio, an SR scale, a mask size): a further leg of one set.
+    """
+    from lorun_peft.tuners import stage_adapter_name
+
+    model.load_adapter(model_args.warm_start, set_name, trainable=True)
+    saved = model.physics.get_config()
+    if saved != physics.get_config():
+        raise ValueError(
+            f"--warm_start {model_args.warm_start} was trained with physics {saved}, this run asks for "
+            f"{physics.get_config()}: pass the same task options"
+        )
+    if not model_args.train_adapters:
+        freeze_adapters(model, [stage_adapter_name(set_name, k) for k in range(model.config.num_stages)])
     return model
 
 

@@ -30,7 +30,8 @@ class LoRunConfig(PreTrainedConfig):
     physics: ``LinearOperator.get_config()`` of the phase-1 operator (``{"type": "cs", ...}``).
     denoiser: ``config.to_dict()`` of the denoiser (must contain ``model_type``).
     num_stages: K, the number of unfolded stages.
-    algorithm: ``"pgd"`` (eq. 5-7) or ``"hqs"`` (eq. 9-11).
+    algorithm: ``"pgd"`` (eq. 5-7), ``"hqs"`` (eq. 9-11) or ``"gap"`` (HQS on GAP's accumulated
+        measurement, :mod:`~lorun_peft.unfolding.steps`).
     mode: ``"block"`` (K independent denoisers, Block-K) or ``"shared"`` (one denoiser for all stages,
         Block-K-share, phase 1 of LoRun). ``lorun`` is reached by adding adapter sets to a shared model.
     step_init: initial value of every ``rho_k``/``mu_k`` and ``lambda_k`` (the paper uses 0.5).

@@ -1,10 +1,11 @@
-"""LoRunModel: a K-stage deep unfolding network (PGD or HQS) with block, shared or LoRun stages.
+"""LoRunModel: a K-stage deep unfolding network (PGD, HQS or GAP) with block, shared or LoRun stages.
 
 One forward pass is ``x_0 = physics.init(y)``, then for ``k = 1..K`` a data step (PGD eq. 5 or HQS
-eq. 9, through the physics interface) followed by the stage's denoiser (eq. 7 / eq. 11). The mode
-decides what "the stage's denoiser" is: ``block`` has K independent denoisers (Block-K), ``shared``
-runs one denoiser at every stage (Block-K-share, LoRun's phase 1), and ``lorun`` runs the frozen
-shared denoiser with stage ``k``'s LoRA adapter active (phase 2), through ``lorun_peft.tuners``.
+eq. 9, through the physics interface; GAP: HQS on an accumulated measurement) followed by the stage's
+denoiser (eq. 7 / eq. 11). The mode decides what "the stage's denoiser" is: ``block`` has K
+independent denoisers (Block-K), ``shared`` runs one denoiser at every stage (Block-K-share, LoRun's
+phase 1), and ``lorun`` runs the frozen shared denoiser with stage ``k``'s LoRA adapter active
+(phase 2), through ``lorun_peft.tuners``.
 
 This module holds the network: construction, forward, the backbone's ``save_pretrained`` /
 ``from_pretrained`` (transformers', always the clean phase-1 weights, with the checks of
@@ -293,14 +294,15 @@ class LoRunModel(RestoreMixin, StageCheckpointingMixin, AdapterSetMixin, PreTrai
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         adapter_set = None if self._adapters_disabled else self._active_set
         stages = []
+        y = measurement  # GAP: the accumulated measurement y_k, else the measurement itself
         for k in range(self.config.num_stages):
             sigma = None if sigmas is None else sigmas[k].expand(x.shape[0])
+            if task.steps.algorithm == "gap":
+                y = task.accumulate(y, measurement, x)
             if recompute:
-                x = self._gradient_checkpointing_func(
-                    self._stage, task, k, x, measurement, sigma, adapter_set
-                )
+                x = self._gradient_checkpointing_func(self._stage, task, k, x, y, sigma, adapter_set)
             else:
-                x = self._stage(task, k, x, measurement, sigma, adapter_set)
+                x = self._stage(task, k, x, y, sigma, adapter_set)
             if return_stages:
                 stages.append(x)
         images = _crop(x, image_size)

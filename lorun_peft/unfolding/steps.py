@@ -8,6 +8,11 @@ the stage's noise level follows from its step parameters:
 - HQS (eq. 9-11): ``x_k = (A^T A + mu_k I)^-1 (A^T y + mu_k w_{k-1})``, ``w_k = D_k(x_k)``, noise level
   ``sqrt(lambda_k / mu_k)``.
 
+A third, ``"gap"``, is HQS on an accumulated measurement, the accelerated update of GAP (Liao, Li and
+Carin 2014; GAP-TV, Yuan 2016): ``y_k = y_{k-1} + (y - A w_{k-1})`` with ``y_0 = y`` and ``w_0`` the
+initial estimate, then the HQS step with ``y_k`` in place of ``y``. The residual the denoisers leave
+is fed back into later stages instead of being projected away once; it has HQS's parameters.
+
 :class:`StageSteps` holds ``rho_k``/``mu_k`` and ``lambda_k`` for the K stages, kept positive as the
 softplus of raw parameters initialised at ``softplus^-1(0.5)`` so every step starts at 0.5
 (Algorithm 1, line 3). :class:`TaskParameters` bundles a physics operator with its steps: the phase-1
@@ -26,7 +31,8 @@ from torch import Tensor, nn
 
 from lorun_peft.physics.base import LinearOperator
 
-ALGORITHMS = ("pgd", "hqs")
+ALGORITHMS = ("pgd", "hqs", "gap")
+"""The unfolded algorithms: PGD (eq. 5-7), HQS (eq. 9-11) and HQS on an accumulated measurement."""
 
 
 def inverse_softplus(value: float) -> float:
@@ -42,7 +48,7 @@ def inverse_softplus(value: float) -> float:
 class StageSteps(nn.Module):
     """Learnable positive step parameters of K stages.
 
-    Stored as ``raw_rho`` (PGD) or ``raw_mu`` (HQS), and ``raw_lambda``, each of shape ``(K,)``; the
+    Stored as ``raw_rho`` (PGD) or ``raw_mu`` (HQS, GAP), and ``raw_lambda``, each of shape ``(K,)``; the
     values used are ``softplus(raw)``. Softplus keeps them positive without clamping, so gradients
     never vanish at a boundary.
     """
@@ -70,7 +76,7 @@ class StageSteps(nn.Module):
 
     @property
     def step(self) -> Tensor:
-        """``rho`` (PGD) or ``mu`` (HQS) of every stage, ``(K,)``."""
+        """``rho`` (PGD) or ``mu`` (HQS, GAP) of every stage, ``(K,)``."""
         return F.softplus(getattr(self, f"raw_{self.step_name}"))
 
     @property
@@ -79,7 +85,7 @@ class StageSteps(nn.Module):
         return F.softplus(self.raw_lambda)
 
     def sigma(self) -> Tensor:
-        """Noise level per stage, ``(K,)``: ``sqrt(rho*lambda)`` (PGD), ``sqrt(lambda/mu)`` (HQS)."""
+        """Noise level per stage, ``(K,)``: ``sqrt(rho*lambda)`` (PGD), ``sqrt(lambda/mu)`` (HQS, GAP)."""
         if self.algorithm == "pgd":
             return torch.sqrt(self.step * self.lam)
         return torch.sqrt(self.lam / self.step)
@@ -131,9 +137,10 @@ class TaskParameters(nn.Module):
     def data_step(self, k: int, x: Tensor, y: Tensor) -> Tensor:
         """Stage ``k``'s data step on the previous estimate ``x`` ``(B, C, H, W)``.
 
-        PGD: the gradient step of eq. 5 with ``rho_k``; HQS: the closed-form step of eq. 9 with ``mu_k``.
-        Runs in ``y``'s precision with autocast off and on a contiguous ``x``, whatever precision and
-        layout the denoiser before it used (bf16 autocast, channels_last).
+        PGD: the gradient step of eq. 5 with ``rho_k``; HQS: the closed-form step of eq. 9 with ``mu_k``
+        (GAP: the same on the accumulated measurement ``y`` that :meth:`accumulate` gives). Runs in
+        ``y``'s precision with autocast off and on a contiguous ``x``, whatever precision and layout the
+        denoiser before it used (bf16 autocast, channels_last).
         """
         x = x.to(dtype=y.dtype).contiguous()
         with physics_in_fp32(y):
@@ -141,6 +148,15 @@ class TaskParameters(nn.Module):
             if self.steps.algorithm == "pgd":
                 return self.physics.gradient_step(x, y, step)
             return self.physics.hqs_step(x, y, step)
+
+    def accumulate(self, accumulated: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        """GAP's measurement update ``y_k = y_{k-1} + (y - A x)`` for the estimate ``x`` before stage k.
+
+        In ``y``'s precision with autocast off, like :meth:`data_step`.
+        """
+        x = x.to(dtype=y.dtype).contiguous()
+        with physics_in_fp32(y):
+            return accumulated + (y - self.physics.A(x))
 
 
 @contextlib.contextmanager

@@ -302,8 +302,61 @@ def test_warm_start_continues_a_saved_backbone_with_a_new_schedule(tmp_path, cap
     argv = ["--smoke", "--warm_start", str(first), "--ratio", "0.1", "--output_dir", str(tmp_path / "r")]
     assert train(argv) == 2
     assert "was trained with physics" in _error(capsys)
-    assert train(["--smoke", "--mode", "lorun", "--backbone", str(first), "--warm_start", str(first)]) == 2
-    assert "phase 2 uses --backbone" in _error(capsys)
+
+
+def _set_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {f"task.{k}": v for k, v in load_file(folder / "task.safetensors").items()}
+    for stage in sorted(folder.glob("stage_*")):
+        tensors.update(
+            {f"{stage.name}.{k}": v for k, v in load_file(stage / "adapter_model.safetensors").items()}
+        )
+    return tensors
+
+
+def test_warm_start_continues_a_saved_adapter_set_with_a_new_schedule(tmp_path, capsys):
+    train = _script("train_cs")
+    backbone, leg1, leg2 = tmp_path / "backbone", tmp_path / "leg1", tmp_path / "leg2"
+    assert train(["--smoke", "--output_dir", str(backbone)]) == 0
+    phase2 = ["--smoke", "--mode", "lorun", "--backbone", str(backbone)]
+    assert train([*phase2, "--learning_rate", "1e-2", "--output_dir", str(leg1)]) == 0
+    argv = [
+        *phase2,
+        "--warm_start",
+        str(leg1 / "ratio-25"),
+        "--learning_rate",
+        "1e-9",
+        "--output_dir",
+        str(leg2),
+    ]
+    assert train(argv) == 0  # Adam moves each weight by about lr per step: the leg starts from leg 1
+    before, after = _set_tensors(leg1 / "ratio-25"), _set_tensors(leg2 / "ratio-25")
+    assert before.keys() == after.keys() and any(".lora_B." in key for key in before)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-7, rtol=0, msg=key)
+    assert any(v.abs().max() > 1e-4 for k, v in before.items() if ".lora_B." in k)  # leg 1 trained them
+    fresh = tmp_path / "fresh"
+    assert train([*phase2, "--learning_rate", "1e-9", "--output_dir", str(fresh)]) == 0
+    lora_b = [k for k in before if ".lora_B." in k]
+    assert all(_set_tensors(fresh / "ratio-25")[k].abs().max() < 1e-6 for k in lora_b)  # fresh: B = 0
+    # the folder holding the set works too; a backbone, another set name or other physics are refused
+    assert train([*phase2, "--warm_start", str(leg1), "--output_dir", str(tmp_path / "f")]) == 0
+    assert train([*phase2, "--warm_start", str(backbone), "--output_dir", str(tmp_path / "g")]) == 2
+    assert "holds no adapter set 'ratio-25'" in _error(capsys)
+    argv = [
+        *phase2,
+        "--warm_start",
+        str(leg1 / "ratio-25"),
+        "--ratio",
+        "0.1",
+        "--output_dir",
+        str(tmp_path / "h"),
+    ]
+    assert train(argv) == 2
+    assert "holds adapter set 'ratio-25', expected 'ratio-10'" in _error(capsys)
+    assert train([*argv, "--adapter_set_name", "ratio-25"]) == 2
+    assert "was trained with physics" in _error(capsys)
 
 
 def test_scripts_checkpoint_every_500_steps_by_default():
@@ -320,11 +373,11 @@ def test_scripts_checkpoint_every_500_steps_by_default():
     [
         (
             "train_cassi",
-            ["--mask", "--band_gain", "--rgb_lift_data"],
+            ["--mask", "--band_gain", "--rgb_lift_data", "--patch_height"],
             ["--ratio", "--kernel", "--phi_matrix"],
         ),
-        ("train_cs", ["--ratio", "--phi_matrix"], ["--kernel", "--mask", "--band_gain"]),
-        ("train_sr", ["--kernel", "--scale"], ["--ratio", "--mask", "--rgb_lift_data"]),
+        ("train_cs", ["--ratio", "--phi_matrix"], ["--kernel", "--mask", "--band_gain", "--patch_height"]),
+        ("train_sr", ["--kernel", "--scale"], ["--ratio", "--mask", "--rgb_lift_data", "--patch_height"]),
     ],
 )
 def test_help_lists_only_the_scripts_own_task_options(script, shown, hidden, capsys):

@@ -53,7 +53,7 @@ def _assert_same(plain: dict, recomputed: dict) -> None:
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("algorithm", ["pgd", "hqs"])
+@pytest.mark.parametrize("algorithm", ["pgd", "hqs", "gap"])
 @pytest.mark.parametrize("mode, merge", CASES)
 def test_checkpointed_gradients_equal_plain_ones(task, algorithm, mode, merge):
     model, images = _build(task, algorithm, mode, merge)

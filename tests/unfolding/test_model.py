@@ -17,7 +17,7 @@ from lorun_peft.unfolding import LoRunConfig, LoRunModel, LoRunOutput
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("algorithm", ["pgd", "hqs"])
+@pytest.mark.parametrize("algorithm", ["pgd", "hqs", "gap"])
 @pytest.mark.parametrize("mode", ["block", "shared"])
 def test_every_task_algorithm_and_mode_builds_and_runs(task, algorithm, mode):
     model, images, measurement = make_model(task, algorithm, mode, num_stages=3)
@@ -74,6 +74,28 @@ def test_hqs_forward_is_the_eq9_closed_form_then_eq11():
         )
         w = model.denoisers[0](x, sigma=torch.sqrt(lam[k] / mu[k]).expand(2))
     torch.testing.assert_close(model(y).images, w)
+
+
+@pytest.mark.parametrize("task", ["cassi", "sr2"])
+def test_gap_forward_is_hqs_on_the_accumulated_measurement(task):
+    """GAP's update written out: y_k = y_{k-1} + (y - A w_{k-1}), x_k = HQS step on y_k, w_k = D(x_k)."""
+    model, images, measurement = make_model(task, "gap", "shared", num_stages=3, noise_level_map=True)
+    model = model.double()
+    y = measurement.double()
+    with torch.no_grad():  # distinct steps per stage, so a mixed-up index would show
+        model.task.steps.raw_mu.copy_(torch.tensor([-1.0, 0.0, 1.5]))
+    physics, steps = model.task.physics, model.task.steps
+    mu, lam = steps.step.detach(), steps.lam.detach()
+    with torch.no_grad():
+        w, accumulated = physics.init(y), y
+        for k in range(3):
+            accumulated = accumulated + (y - physics.A(w))
+            x = physics.hqs_step(w, accumulated, mu[k])
+            w = model.denoisers[0](x, sigma=torch.sqrt(lam[k] / mu[k]).expand(y.shape[0]))
+        torch.testing.assert_close(model(y).images, w)
+        hqs = LoRunModel.from_components(physics, model.denoisers[0], num_stages=3, algorithm="hqs").double()
+        hqs.task.steps.load_state_dict(steps.state_dict())
+        assert (hqs(y).images - w).abs().max() > 1e-3  # the accumulation changes the result
 
 
 @pytest.mark.parametrize("algorithm", ["pgd", "hqs"])

@@ -23,7 +23,7 @@ def test_inverse_softplus_rejects_non_positive():
         inverse_softplus(0.0)
 
 
-@pytest.mark.parametrize("algorithm, step_name", [("pgd", "rho"), ("hqs", "mu")])
+@pytest.mark.parametrize("algorithm, step_name", [("pgd", "rho"), ("hqs", "mu"), ("gap", "mu")])
 def test_steps_start_at_half_with_the_paper_noise_level(algorithm, step_name):
     steps = StageSteps(4, algorithm)
     assert hasattr(steps, f"raw_{step_name}")
