@@ -262,12 +262,7 @@ def _warm_start_set(model: Any, model_args: ModelArguments, physics: Any, set_na
     from lorun_peft.tuners import stage_adapter_name
 
     model.load_adapter(model_args.warm_start, set_name, trainable=True)
-    saved = model.physics.get_config()
-    if saved != physics.get_config():
-        raise ValueError(
-            f"--warm_start {model_args.warm_start} was trained with physics {saved}, this run asks for "
-            f"{physics.get_config()}: pass the same task options"
-        )
+    _check_warm_start_physics(model_args.warm_start, model.physics, physics)
     if not model_args.train_adapters:
         freeze_adapters(model, [stage_adapter_name(set_name, k) for k in range(model.config.num_stages)])
     return model
@@ -282,13 +277,17 @@ def _warm_start_model(model_args: ModelArguments, physics: Any) -> Any:
             f"--warm_start {model_args.warm_start} is a {model.config.mode!r} model, but --mode is "
             f"{model_args.mode!r}"
         )
-    saved = model.task.physics.get_config()
-    if saved != physics.get_config():
+    _check_warm_start_physics(model_args.warm_start, model.task.physics, physics)
+    return model
+
+
+def _check_warm_start_physics(source: str, saved: Any, physics: Any) -> None:
+    """Refuse a ``--warm_start`` model or set whose physics config differs from this run's."""
+    if saved.get_config() != physics.get_config():
         raise ValueError(
-            f"--warm_start {model_args.warm_start} was trained with physics {saved}, this run asks for "
+            f"--warm_start {source} was trained with physics {saved.get_config()}, this run asks for "
             f"{physics.get_config()}: pass the same task options"
         )
-    return model
 
 
 def build_model(

@@ -6,9 +6,9 @@
 #     CPU computes it natively, else fp32; channels_last). ~60 min on one core with AMX/AVX512-BF16.
 #     Leg 2 warm-starts from it (--warm_start) for 800 steps at lr 2e-4 (seed 1): +0.04 dB on Set11.
 #  2. phase 2 per ratio of ISTA-Net's set on the frozen backbone: K stage adapters + the set's own learned
-#     Phi, started from the backbone's (--phi_init backbone, its SVD); 2000 steps at 1 %,
-#     6000 at 4/10/25/30/40/50 %. Two lanes run side by side, one core each (about 3.5 hours with the backbone). As shipped, the
-#     sets of 4/10/25/30/40/50 % were later legs on the float16 copy of the shipped backbone
+#     Phi, started from the backbone's (--phi_init backbone, its SVD); 2000 steps at 1 %, 6000 at
+#     4/10/25/30/40/50 %. Two lanes run side by side, one core each (about 3.5 hours with the backbone).
+#     As shipped, the sets of 4/10/25/30/40/50 % were later legs on the float16 copy of the shipped backbone
 #     (scripts/pretrained/cs_sets_leg.sh), here they train on the float32 backbone.
 #  3. assemble, evaluate each set on Set11 with `lorun evaluate`.
 # Usage: scripts/pretrained/build_cs.sh [DATA_DIR]   (default ../shared/data); 1 CPU thread per run.
