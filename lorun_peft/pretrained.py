@@ -7,8 +7,9 @@ The assets live under ``lorun_peft/assets/pretrained`` (or the folder named by t
     <root>/<task>/adapters/<set>/...                            adapter sets (LoRunModel.save_adapter_set)
     <root>/<task>/manifest.json                                 optional: how they were trained
 
-``cs`` ships block CS sets ``ratio-10``, ``ratio-25``, ``ratio-50`` (each with its own learned Phi and
-steps), ``sr`` ships ``x2-k1`` and ``x4-k1`` (kernel K1 of ``kernels_12.mat`` at scale 2 / 4).
+``cs`` ships block CS sets ``ratio-1`` to ``ratio-50`` (each with its own learned Phi and steps), ``sr``
+ships ``x2-k1`` (kernel K1 of ``kernels_12.mat``) and ``x2``, ``x3``, ``x4`` (any of the 12 kernels),
+``cassi`` ``mask-28`` and ``mask-real``, ``inpainting`` ``missing-50/70/90``.
 :func:`load_pretrained` returns the backbone with all of its sets resident and one of them active;
 :func:`load_model` does the same for any backbone and adapter folder (or Hub id), and
 :func:`save_pretrained_assets` writes a model and its sets in this layout. See docs/pretrained.md.

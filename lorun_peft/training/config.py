@@ -30,6 +30,13 @@ class UnfoldingTrainingConfig:
     )
     max_steps: int = field(default=1000, metadata={"help": "Number of optimizer updates (>= 1)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak Adam learning rate (> 0)."})
+    step_lr_multiplier: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning rate of the step parameters (rho/mu and lambda of every stage) as a "
+            "multiple of learning_rate (> 0); same schedule."
+        },
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1, in [0, 1)."})
     adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2, in [0, 1)."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon (> 0)."})
@@ -130,9 +137,10 @@ class UnfoldingTrainingConfig:
             _check_int(name, getattr(self, name), minimum=0)
         if self.save_total_limit is not None:
             _check_int("save_total_limit", self.save_total_limit, minimum=1)
-        for name in ("learning_rate", "adam_epsilon"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "adam_epsilon", "step_lr_multiplier"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < 1:

@@ -26,6 +26,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lorun_peft.unfolding.steps import StageSteps
+
 from .batches import StepBatches, TrainSource, _model_dtype
 from .checkpoint import (
     frozen_fingerprint,
@@ -182,12 +184,33 @@ def _prepare_run(
     )
 
 
+def parameter_groups(
+    model: nn.Module, trainable: list[nn.Parameter], config: UnfoldingTrainingConfig
+) -> list[dict[str, Any]]:
+    """Adam's parameter groups: the step parameters (every ``StageSteps``) at ``step_lr_multiplier`` x lr.
+
+    One group when the multiplier is 1 or no step parameter trains. Why a multiplier: ``rho_k``/``mu_k``
+    are K scalars whose good values can lie orders of magnitude from their start (0.5), and Adam moves a
+    parameter by about lr per step whatever its gradient, so at the denoisers' lr they barely move in a
+    few thousand steps (docs/training.md, "Step parameters").
+    """
+    step_ids = {
+        id(p) for module in model.modules() if isinstance(module, StageSteps) for p in module.parameters()
+    }
+    steps = [p for p in trainable if id(p) in step_ids]
+    rest = [p for p in trainable if id(p) not in step_ids]
+    if config.step_lr_multiplier == 1 or not steps:
+        return [{"params": trainable}]
+    step_group = {"params": steps, "lr": config.learning_rate * config.step_lr_multiplier}
+    return [{"params": rest}, step_group] if rest else [step_group]
+
+
 def _build_optimizer_and_schedule(run: _Run) -> None:
     """Adam over the trainable parameters, the warm-up + cosine schedule, and ``accelerator.prepare``."""
     config, model = run.config, run.model
     run.fingerprint = frozen_fingerprint(model)
     optimizer = torch.optim.Adam(
-        run.trainable,
+        parameter_groups(model, run.trainable, config),
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,

@@ -91,3 +91,27 @@ def test_phase2_resume_is_bit_identical(tmp_path):
     # Two model instances may be given different oneDNN kernels: the same weights up to float rounding.
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_step_lr_multiplier_moves_the_step_parameters_that_much_faster(tmp_path):
+    from lorun_peft.training.run import parameter_groups
+
+    model = _shared_model()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    step_params = {id(model.task.steps.raw_rho)}  # raw_lambda is frozen: this U-Net has no noise map
+    groups = parameter_groups(model, trainable, _config(tmp_path, "g", step_lr_multiplier=10.0))
+    assert [len(g["params"]) for g in groups] == [len(trainable) - 1, 1]
+    assert {id(p) for p in groups[1]["params"]} == step_params and groups[1]["lr"] == pytest.approx(3e-2)
+    assert parameter_groups(model, trainable, _config(tmp_path, "g")) == [{"params": trainable}]
+
+    # Adam's first update moves every parameter by about lr * sign(gradient): 10x lr for the steps.
+    patches = _patches(16, 16, seed=0)
+    rho_before = model.task.steps.raw_rho.detach().clone()
+    others_before = {n: p.detach().clone() for n, p in model.named_parameters() if "raw_" not in n}
+    config = _config(tmp_path, "one_step", max_steps=1, learning_rate=1e-4, step_lr_multiplier=10.0)
+    trained = train(model, patches, config).model
+    rho_moved = (trained.task.steps.raw_rho.detach() - rho_before).abs()
+    assert torch.allclose(rho_moved, torch.full_like(rho_moved, 1e-3), rtol=0.05)
+    for name, param in trained.named_parameters():
+        if name in others_before:
+            assert (param.detach() - others_before[name]).abs().max() <= 1.05e-4, name
