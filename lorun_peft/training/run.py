@@ -26,8 +26,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lorun_peft.unfolding.steps import StageSteps
-
 from .batches import StepBatches, TrainSource, _model_dtype
 from .checkpoint import (
     frozen_fingerprint,
@@ -187,19 +185,24 @@ def _prepare_run(
 def parameter_groups(
     model: nn.Module, trainable: list[nn.Parameter], config: UnfoldingTrainingConfig
 ) -> list[dict[str, Any]]:
-    """Adam's parameter groups: the step parameters (every ``StageSteps``) at ``step_lr_multiplier`` x lr.
+    """Adam's parameter groups: the model's ``step_parameters()`` at ``step_lr_multiplier`` x lr.
 
     One group when the multiplier is 1 or no step parameter trains. Why a multiplier: ``rho_k``/``mu_k``
     are K scalars whose good values can lie orders of magnitude from their start (0.5), and Adam moves a
     parameter by about lr per step whatever its gradient, so at the denoisers' lr they barely move in a
     few thousand steps (docs/training.md, "Step parameters").
     """
-    step_ids = {
-        id(p) for module in model.modules() if isinstance(module, StageSteps) for p in module.parameters()
-    }
+    if config.step_lr_multiplier == 1:
+        return [{"params": trainable}]
+    if not callable(getattr(model, "step_parameters", None)):
+        raise ValueError(
+            f"step_lr_multiplier={config.step_lr_multiplier} needs a model with step_parameters() (a "
+            f"LoRunModel); {type(model).__name__} has none: leave step_lr_multiplier at 1"
+        )
+    step_ids = {id(param) for param in model.step_parameters()}
     steps = [p for p in trainable if id(p) in step_ids]
     rest = [p for p in trainable if id(p) not in step_ids]
-    if config.step_lr_multiplier == 1 or not steps:
+    if not steps:
         return [{"params": trainable}]
     step_group = {"params": steps, "lr": config.learning_rate * config.step_lr_multiplier}
     return [{"params": rest}, step_group] if rest else [step_group]

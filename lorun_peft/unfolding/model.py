@@ -204,6 +204,14 @@ class LoRunModel(RestoreMixin, StageCheckpointingMixin, AdapterSetMixin, PreTrai
             self._freeze_unused_lambda(task)
         return self
 
+    def step_parameters(self) -> list[nn.Parameter]:
+        """The raw ``rho_k``/``mu_k`` and ``lambda_k`` of the phase-1 task and of every adapter set.
+
+        The training loop gives them their own learning rate (``step_lr_multiplier``).
+        """
+        tasks = (self.task, *self.adapter_tasks.values())
+        return [param for task in tasks for param in task.steps.parameters()]
+
     @property
     def mode(self) -> str:
         """``"block"``, ``"shared"``, or ``"lorun"`` (a shared backbone with at least one adapter set)."""

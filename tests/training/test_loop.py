@@ -326,3 +326,8 @@ def test_a_fresh_start_in_a_used_folder_begins_a_new_log(tmp_path):
     train(_model(), smooth_patches(16, 16), config)  # no checkpoint to resume: starts over at step 1
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_step_lr_multiplier_needs_a_model_that_names_its_step_parameters(tmp_path):
+    with pytest.raises(ValueError, match="needs a model with step_parameters"):
+        train(_model(), smooth_patches(8, 16), _config(tmp_path, max_steps=1, step_lr_multiplier=10.0))
