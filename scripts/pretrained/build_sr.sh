@@ -8,8 +8,11 @@
 #  2. phase 2 on the frozen backbone, two runs side by side: all-kernel sets x2, x3, x4 (--kernel all) and
 #     the K1-only set x2-k1, same data and noise, batch 4 of 72x72 crops (a multiple of 2, 3 and 4),
 #     Adam 1e-3 cosine over SR_SET_STEPS (2500) steps, mu_k at 10x.
-#  3. assemble (weights stored in float16) with the kernels, and score every set on every kernel
-#     (scripts/pretrained/eval_sr_kernels.py), noiseless and with noise std 7.65/255.
+#  3. assemble (weights stored in float16) with the kernels.
+#  4. a second leg of x2 and x2-k1 side by side, 1000 steps each from their assembled weights
+#     (scripts/pretrained/sr_sets_leg.sh: --warm_start, lr 5e-4 cosine), re-assembled with x3 and x4.
+#  5. score every set on every kernel (scripts/pretrained/eval_sr_kernels.py), noiseless and with noise
+#     std 7.65/255.
 # One thread per run (OMP_NUM_THREADS=1). A later leg continues from the shipped weights with
 # scripts/pretrained/sr_sets_leg.sh.
 # Usage: scripts/pretrained/build_sr.sh [DATA_DIR]   (default ../shared/data)
@@ -39,6 +42,10 @@ set_run sets_x4 all 4 &
 wait
 $PY scripts/pretrained/assemble.py sr "$OUT/backbone" "$OUT"/sets_x2/x2 "$OUT"/sets_x3/x3 "$OUT"/sets_x4/x4 \
   "$OUT"/sets_x2k1/x2-k1 --kernels "$DATA/kernels/kernels_12.mat" --storage-dtype float16
+LEG="$OUT/leg2"
+SR_LEG_DIR="$LEG" scripts/pretrained/sr_sets_leg.sh "$DATA" 1000 x2 x2-k1
+$PY scripts/pretrained/assemble.py sr "$LEG/start/backbone" "$LEG/x2/x2" "$LEG/start/adapters/x3" \
+  "$LEG/start/adapters/x4" "$LEG/x2-k1/x2-k1" --kernels "$DATA/kernels/kernels_12.mat" --storage-dtype float16
 SHIPPED=lorun_peft/assets/pretrained/sr
 for sigma in 0 0.03; do
   $PY scripts/pretrained/eval_sr_kernels.py "$SHIPPED/backbone" "$SHIPPED/adapters:x2-k1" \
