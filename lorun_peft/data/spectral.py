@@ -27,7 +27,14 @@ from torch.utils.data import Dataset
 
 from lorun_peft.data.transforms import patch_rng
 
-__all__ = ["BandGainAugment", "LiftedRGBPatches", "MixedPatches", "SpectralLift", "rgb_response"]
+__all__ = [
+    "BandGainAugment",
+    "LiftedRGBPatches",
+    "MixedPatches",
+    "SpectralLift",
+    "principal_spectra",
+    "rgb_response",
+]
 
 #: Peaks (nm) and width (std, nm) of the Gaussian camera responses used to project spectra to RGB.
 RGB_PEAKS_NM = (610.0, 540.0, 465.0)
@@ -56,6 +63,26 @@ def rgb_response(wavelengths: Sequence[float]) -> Tensor:
         raise ValueError(f"need at least 3 band wavelengths to project to RGB, got {len(wavelengths)}")
     response = gaussian_responses(wavelengths)
     return response / response.sum(dim=0, keepdim=True)
+
+
+def principal_spectra(cubes: Sequence[Tensor], rank: int) -> Tensor:
+    """The first ``rank`` principal spectra of the pixels of ``cubes`` (``(bands, H, W)`` each).
+
+    Returns ``(bands, rank)`` with orthonormal columns: the leading left singular vectors of the
+    uncentred ``bands x pixels`` matrix (so the mean spectrum is in the span). Natural scenes are
+    spectrally low-rank: cloth projected onto stuffed_toys' first 6 keeps 50.5 dB per-band PSNR.
+    """
+    if not cubes:
+        raise ValueError("principal_spectra needs at least one cube")
+    bands = {int(c.shape[0]) if isinstance(c, Tensor) and c.ndim == 3 else -1 for c in cubes}
+    if len(bands) != 1 or -1 in bands:
+        raise ValueError("principal_spectra needs (bands, H, W) cubes with one band count")
+    count = bands.pop()
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= count:
+        raise ValueError(f"rank must be an integer in [1, {count}] (the band count), got {rank!r}")
+    pixels = torch.cat([c.reshape(count, -1).to(torch.float64) for c in cubes], dim=1)
+    basis = torch.linalg.svd(pixels, full_matrices=False)[0][:, :rank]
+    return basis.to(torch.float32)
 
 
 class SpectralLift:
@@ -125,27 +152,49 @@ class SpectralLift:
 
 
 class LiftedRGBPatches(Dataset):
-    """RGB patches (any dataset of ``(3, P, P)`` tensors) lifted to ``(bands, P, P)`` cube patches."""
+    """RGB patches (any dataset of ``(3, P, P)`` tensors) lifted to ``(bands, P, P)`` cube patches.
 
-    def __init__(self, rgb_patches: Dataset, lift: SpectralLift) -> None:
+    Photographs are much brighter than CAVE radiance (patch means 0.2-0.5 against 0.01-0.2), so an l2
+    loss over a mix is dominated by the lifted patches. With ``brightness_reference`` (a dataset of cube
+    patches, e.g. the training cubes'), each lifted patch is scaled so that its mean equals the mean of a
+    random reference patch (drawn from ``(seed, epoch, index)``), never above a peak of 1.
+    """
+
+    def __init__(
+        self, rgb_patches: Dataset, lift: SpectralLift, *, brightness_reference: Dataset | None = None
+    ) -> None:
         if len(rgb_patches) == 0:
             raise ValueError("no RGB patches to lift")
+        if brightness_reference is not None and len(brightness_reference) == 0:
+            raise ValueError("brightness_reference has no patches")
         self.rgb_patches = rgb_patches
         self.lift = lift
         self.bands = lift.bands
         self.seed = _seed_of(rgb_patches)
+        self.brightness_reference = brightness_reference
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rgb_patches)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         _set_epoch(self.rgb_patches, epoch)
+        if self.brightness_reference is not None:
+            _set_epoch(self.brightness_reference, epoch)
 
     def __getitem__(self, index: int) -> Tensor:
         patch = self.rgb_patches[index]
         if patch.ndim != 3 or patch.shape[0] != 3:
             raise ValueError(f"LiftedRGBPatches needs RGB (3, H, W) patches, got {tuple(patch.shape)}")
-        return self.lift(patch.to(torch.float32)).contiguous()
+        cube = self.lift(patch.to(torch.float32))
+        if self.brightness_reference is not None:
+            rng = patch_rng(self.seed + 15485863, self.epoch, index)
+            reference = self.brightness_reference[int(rng.integers(len(self.brightness_reference)))]
+            mean, peak = float(cube.mean()), float(cube.max())
+            if mean > 0.0:
+                cube = cube * min(float(reference.mean()) / mean, 1.0 / peak)
+        return cube.contiguous()
 
 
 class BandGainAugment(Dataset):

@@ -192,10 +192,13 @@ class CASSITask(TaskSpec):
             rgb = RandomPatchDataset(images, data.patch, seed=seed, cache_images=True)
             for index in range(len(images)):  # a crop larger than an image fails now, naming the file
                 rgb[index]
-            source = MixedPatches(dataset, LiftedRGBPatches(rgb, lift), args.rgb_lift_fraction, seed=seed)
+            reference = dataset if args.rgb_lift_match_brightness else None
+            lifted = LiftedRGBPatches(rgb, lift, brightness_reference=reference)
+            source = MixedPatches(dataset, lifted, args.rgb_lift_fraction, seed=seed)
             text += (
                 f" + {args.rgb_lift_fraction:.0%} RGB images of {path} lifted to {dataset.bands} bands "
-                f"(linear map fitted on the cubes, relative error {lift.fit_error:.3f})"
+                f"(linear map fitted on the cubes, relative error {lift.fit_error:.3f}"
+                + (", scaled to the cubes' brightness)" if reference is not None else ")")
             )
         if args.band_gain:
             source = BandGainAugment(source, args.band_gain, seed=seed)

@@ -75,6 +75,13 @@ class CASSIArguments:
     rgb_lift_fraction: float = field(
         default=0.5, metadata={"help": "CASSI: share of training patches that are lifted RGB images."}
     )
+    rgb_lift_match_brightness: bool = field(
+        default=False,
+        metadata={
+            "help": "CASSI: scale each lifted RGB patch to the mean brightness of a random training-cube "
+            "patch (photographs are 2-5x brighter than CAVE radiance and would dominate the l2 loss)."
+        },
+    )
 
 
 def real_measurement_scale(scale: float | str, bands: int) -> float:

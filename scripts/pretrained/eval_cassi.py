@@ -11,6 +11,8 @@ protocol (TSA/MST): per-band PSNR / SSIM averaged over the 28 bands.
 
 ``--gap-tv-only --gap-tv-iterations 9 --gap-tv-decay 0.7``: only the classical rows, GAP-TV with its
 accelerated update and plain GAP with TV, cut to the unfolding's stage count (docs/pretrained.md).
+``--gap-tv-only --gap-tv-rank 6``: adds GAP-TV kept in the span of the training cube's first 6 principal
+spectra (``gap_tv(..., spectral_basis=...)``, docs/tasks_cassi.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lorun_peft.data.spectral import principal_spectra
 from lorun_peft.pretrained import load_pretrained
 from lorun_peft.tasks import get_task
 from lorun_peft.tasks.cassi_gap_tv import gap_tv
@@ -53,14 +56,28 @@ def main() -> None:
     parser.add_argument(
         "--gap-tv-only", action="store_true", help="only the classical rows, plain GAP + TV beside GAP-TV"
     )
+    parser.add_argument(
+        "--gap-tv-rank",
+        type=int,
+        default=0,
+        help="with --gap-tv-only: also GAP-TV kept in the span of the first R principal spectra of the "
+        "training cube (stuffed_toys, the whole 512x512), TV on their coefficients (0: off)",
+    )
     args = parser.parse_args()
+    if args.gap_tv_rank and not args.gap_tv_only:
+        parser.error("--gap-tv-rank goes with --gap-tv-only")
     torch.set_num_threads(1)
     spec = get_task("cassi")
     model = load_pretrained("cassi", "mask-28", args.pretrained_dir)
     k = model.num_stages
     tv = {"iterations": args.gap_tv_iterations, "decay": args.gap_tv_decay}
+    items = _items(Path(args.data_dir))
+    basis = None
+    if args.gap_tv_rank:
+        ((_, toys),) = spec.load_test_items(Path(args.data_dir) / "CASSI" / "cubes" / "stuffed_toys.npz")
+        basis = principal_spectra([toys], args.gap_tv_rank)
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for name, cube in _items(Path(args.data_dir)):
+    for name, cube in items:
         clean = cube.unsqueeze(0)
         started = time.perf_counter()
         shape = tuple(cube.shape)
@@ -74,6 +91,9 @@ def main() -> None:
                         physics, y, **tv, accelerate=False
                     ),
                 }
+                if basis is not None:
+                    label = f"GAP-TV, {args.gap_tv_iterations} its, rank {args.gap_tv_rank}"
+                    estimates[label] = gap_tv(physics, y, **tv, spectral_basis=basis)
                 scores = {label: spec.score(est, clean, physics) for label, est in estimates.items()}
         else:
             with torch.no_grad(), spec.evaluation_physics(model, shape) as physics:

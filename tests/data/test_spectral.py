@@ -68,6 +68,26 @@ def test_lifted_patches_have_the_cube_band_count_and_range():
     assert rgb.epoch == 3
 
 
+def test_lifted_patches_match_the_brightness_of_reference_patches():
+    lift = SpectralLift.fit(_smooth_cubes(), KAIST_WAVELENGTHS_28)
+    rgb = RandomPatchDataset([0.3 + 0.6 * torch.rand(3, 40, 40) for _ in range(6)], 16, seed=1)
+    dim = CubePatchDataset([0.02 + 0.1 * torch.rand(BANDS, 30, 30) for _ in range(3)], 16, seed=2)
+    plain = LiftedRGBPatches(rgb, lift)
+    matched = LiftedRGBPatches(rgb, lift, brightness_reference=dim)
+    reference_means = sorted(float(dim.cubes[i].mean()) for i in range(3))
+    for index in range(6):
+        patch = matched[index]
+        assert plain[index].mean() > 0.2  # the photographs are bright ...
+        assert 0.5 * reference_means[0] < patch.mean() < 1.5 * reference_means[-1]  # ... until matched
+        assert patch.max() <= 1.0
+        torch.testing.assert_close(patch / patch.mean(), plain[index] / plain[index].mean())  # only scaled
+        assert torch.equal(matched[index], patch)
+    matched.set_epoch(2)
+    assert dim.epoch == 2
+    with pytest.raises(ValueError, match="brightness_reference"):
+        LiftedRGBPatches(rgb, lift, brightness_reference=[])
+
+
 def test_band_gain_is_smooth_bounded_and_reproducible():
     cubes = CubePatchDataset([torch.full((BANDS, 20, 20), 0.5)], 8, seed=0)
     augmented = BandGainAugment(cubes, 0.3, seed=0)
@@ -115,6 +135,11 @@ def test_train_source_adds_lifted_rgb_and_band_gain(tmp_path):
     source, text = training_data(get_task("cassi"), task_args, data)
     assert isinstance(source, BandGainAugment) and isinstance(source.patches, MixedPatches)
     assert "lifted to 28 bands" in text and "band-wise brightness" in text
+    assert "cubes' brightness" not in text
+    task_args.rgb_lift_match_brightness = True
+    source, text = training_data(get_task("cassi"), task_args, data)
+    assert "scaled to the cubes' brightness" in text
+    assert source.patches.second.brightness_reference is source.patches.first
     assert source[0].shape == (BANDS, 16, 16)
     with pytest.raises(FileNotFoundError, match="rgb_lift_data"):
         training_data(get_task("cassi"), CASSIArguments(bands=BANDS, rgb_lift_data="nope"), data)
