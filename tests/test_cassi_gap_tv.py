@@ -143,3 +143,5 @@ def test_principal_spectra_checks_its_inputs() -> None:
         principal_spectra([torch.rand(4, 5, 5), torch.rand(3, 5, 5)], 2)
     with pytest.raises(ValueError, match="at least one"):
         principal_spectra([], 2)
+    with pytest.raises(ValueError, match="NaN"):
+        principal_spectra([torch.full((4, 5, 5), float("nan"))], 2)

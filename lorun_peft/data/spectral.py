@@ -81,6 +81,8 @@ def principal_spectra(cubes: Sequence[Tensor], rank: int) -> Tensor:
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= count:
         raise ValueError(f"rank must be an integer in [1, {count}] (the band count), got {rank!r}")
     pixels = torch.cat([c.reshape(count, -1).to(torch.float64) for c in cubes], dim=1)
+    if not torch.isfinite(pixels).all():
+        raise ValueError("principal_spectra: the cubes contain NaN or infinite values")
     basis = torch.linalg.svd(pixels, full_matrices=False)[0][:, :rank]
     return basis.to(torch.float32)
 
