@@ -71,13 +71,12 @@ def main() -> None:
     model = load_pretrained("cassi", "mask-28", args.pretrained_dir)
     k = model.num_stages
     tv = {"iterations": args.gap_tv_iterations, "decay": args.gap_tv_decay}
-    items = _items(Path(args.data_dir))
     basis = None
     if args.gap_tv_rank:
         ((_, toys),) = spec.load_test_items(Path(args.data_dir) / "CASSI" / "cubes" / "stuffed_toys.npz")
         basis = principal_spectra([toys], args.gap_tv_rank)
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for name, cube in items:
+    for name, cube in _items(Path(args.data_dir)):
         clean = cube.unsqueeze(0)
         started = time.perf_counter()
         shape = tuple(cube.shape)
